@@ -1,0 +1,50 @@
+"""HTTP layer: one blueprint per resource, JSON errors everywhere."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .. import auth
+from ..exceptions import BackendUnavailableError, ServiceError
+
+log = logging.getLogger(__name__)
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import evaluations, files, health
+
+    app.before_request(auth.authenticate)
+    app.register_blueprint(files.bp)
+    app.register_blueprint(evaluations.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        body = {"error": exc.name, "details": exc.description}
+        response = jsonify(body)
+        response.status_code = exc.code or 500
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(redis.exceptions.BusyLoadingError)
+    def redis_down(exc: Exception):
+        err = BackendUnavailableError("the job store (Redis) is unreachable; retry shortly", details=type(exc).__name__)
+        response = jsonify(err.to_dict())
+        response.headers["Retry-After"] = "5"
+        return response, err.status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify({"error": "internal error", "details": type(exc).__name__}), 500

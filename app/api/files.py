@@ -1,0 +1,104 @@
+"""Models and datasets: upload (validated, content-addressed) and listing."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from flask import Blueprint, jsonify, request, url_for
+
+from .. import auth
+from ..exceptions import InvalidFileError, NotFoundError, PayloadTooLargeError, ValidationError
+from ..extensions import get_records, get_settings, get_storage
+from ..inspection import inspect_dataset, inspect_model
+from ..records import now
+
+bp = Blueprint("files", __name__, url_prefix="/api")
+
+KINDS: dict[str, tuple[tuple[str, ...], Callable[[Path], dict[str, Any]]]] = {
+    "model": ((".onnx",), inspect_model),
+    "dataset": ((".h5", ".hdf5"), inspect_dataset),
+}
+
+
+def safe_name(filename: str) -> str:
+    """A display name only: the stored path never derives from it."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base)[:128].lstrip(".")
+    return cleaned or "upload"
+
+
+def public_view(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in ("owner", "blob")}
+
+
+def _upload(kind: str):
+    suffixes, inspect = KINDS[kind]
+    upload = request.files.get("file")
+    if upload is None:
+        raise ValidationError("multipart field 'file' is required", details={"field": "file"})
+    name = safe_name(upload.filename or "")
+    suffix = Path(name).suffix.lower()
+    if suffix not in suffixes:
+        raise ValidationError(f"{kind} files must end in {' or '.join(suffixes)}, got {name!r}", details={"field": "file"})
+    settings, storage = get_settings(), get_storage()
+    try:
+        tmp, sha256, size = storage.save_upload(upload.stream, suffix, settings.max_upload_mb * 2**20)
+    except ValueError as exc:
+        raise PayloadTooLargeError(str(exc), details={"field": "file", "limit-mb": settings.max_upload_mb}) from None
+    try:
+        if size == 0:
+            raise InvalidFileError("the uploaded file is empty")
+        info = inspect(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    blob = storage.commit_upload(tmp, sha256, suffix)
+    meta = {
+        "id": uuid.uuid4().hex,
+        "name": name,
+        "sha256": sha256,
+        "size": size,
+        "created_at": now(),
+        **info,
+        "owner": auth.tenant(),
+        "blob": str(blob.relative_to(storage.root)),
+    }
+    get_records().add_file(kind, meta)
+    response = jsonify(public_view(meta))
+    response.status_code = 201
+    response.headers["Location"] = url_for("files.get_one", kind=f"{kind}s", file_id=meta["id"], _external=True)
+    return response
+
+
+def _kind(kinds: str) -> str:
+    kind = kinds[:-1]
+    if kind not in KINDS:
+        raise ValidationError(f"unknown resource {kinds!r}")
+    return kind
+
+
+@bp.post("/<any(models, datasets):kind>")
+def upload(kind: str):
+    return _upload(_kind(kind))
+
+
+@bp.get("/<any(models, datasets):kind>")
+def list_all(kind: str):
+    items = [public_view(m) for m in get_records().files(_kind(kind)) if m.get("owner") == auth.tenant()]
+    return jsonify({kind: items})
+
+
+@bp.get("/<any(models, datasets):kind>/<file_id>")
+def get_one(kind: str, file_id: str):
+    return jsonify(public_view(owned_file(_kind(kind), file_id)))
+
+
+def owned_file(kind: str, file_id: str) -> dict[str, Any]:
+    meta = get_records().file(kind, file_id) if re.fullmatch(r"[0-9a-f]{32}", file_id) else None
+    if meta is None:
+        raise NotFoundError(f"no {kind} with id {file_id!r}")
+    auth.check_owner(meta.get("owner", auth.PUBLIC), kind)
+    return meta

@@ -1,0 +1,135 @@
+"""APGD: Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks", ICML 2020); L-inf or L2.
+
+The step size starts at 2 epsilon and halves at checkpoints where the loss
+stopped improving, restarting from the best point; steps use momentum 0.75.
+Losses: cross-entropy, DLR, or targeted DLR over the top ``n_target_classes``
+wrong classes (each target is a restart for the samples still standing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .base import Attack, Best, Context, batch_view, clip_to_bounds, is_warm, project, random_in_ball, steepest_direction
+from .losses import LOSSES
+
+RHO = 0.75
+MOMENTUM = 0.75
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations where APGD checks progress: p_0=0, p_1=0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(v * steps) for v in p[1:] if v <= 1})
+
+
+class APGD(Attack):
+    name = "apgd"
+
+    def __init__(self, *, norm: str = "linf", steps: int = 100, restarts: int = 1, loss: str = "ce", n_target_classes: int = 9, **kwargs: Any) -> None:
+        super().__init__(norm=norm, **kwargs)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}")
+        self.steps, self.restarts, self.loss, self.n_target_classes = steps, restarts, loss, n_target_classes
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"steps": self.steps, "restarts": self.restarts, "loss": self.loss}
+        if self.loss == "dlr-targeted":
+            out["n_target_classes"] = self.n_target_classes
+        return out
+
+    def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
+        best = Best(init if init is not None else torch.zeros_like(x))
+        targets: list[torch.Tensor | None] = [None]
+        loss_name = self.loss
+        if loss_name in ("dlr", "dlr-targeted"):
+            with torch.no_grad():
+                logits = ctx.logits(x)
+            n_classes = logits.shape[1]
+            if loss_name == "dlr-targeted" and n_classes < 4 or loss_name == "dlr" and n_classes < 3:
+                loss_name = "ce"  # DLR's denominator needs that many classes
+            elif loss_name == "dlr-targeted":
+                ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+                targets = [ranked[:, t] for t in range(min(self.n_target_classes, n_classes - 1))]
+        loss_fn = LOSSES[loss_name]
+        for target in targets:
+            for restart in range(self.restarts):
+                idx = best.standing()
+                if len(idx) == 0:
+                    return best.delta, best.success
+                if restart == 0 and is_warm(init):
+                    start = best.delta[idx]
+                else:
+                    start = random_in_ball(x[idx], eps, self.norm, ctx.generator)
+                delta = clip_to_bounds(x[idx], project(start, eps, self.norm), ctx.bounds)
+                tgt = None if target is None else target[idx]
+                self.run(ctx, x[idx], y[idx], tgt, eps, idx, delta, best, loss_fn)
+        return best.delta, best.success
+
+    def run(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, eps: float, idx: torch.Tensor, delta: torch.Tensor, best: Best, loss_fn) -> None:
+        checks = set(checkpoints(self.steps))
+        n = len(idx)
+        dev = x.device
+        step = torch.full((n,), 2.0 * eps, device=dev)
+        run_best_loss = torch.full((n,), float("-inf"), device=dev)
+        run_best = delta.clone()
+        run_best_grad = torch.zeros_like(delta)
+        loss_at_check = run_best_loss.clone()
+        reduced_at_check = torch.zeros(n, dtype=torch.bool, device=dev)
+        increases = torch.zeros(n, device=dev)
+        prev_loss = torch.full((n,), float("-inf"), device=dev)
+        prev_delta = delta.clone()
+        last_check = 0
+
+        def project_step(d: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+            return clip_to_bounds(xs, project(d, eps, self.norm), ctx.bounds)
+
+        for it in range(self.steps + 1):
+            delta.requires_grad_(True)
+            logits = ctx.logits(x + delta)
+            loss = loss_fn(logits, y, target)
+            adv = logits.argmax(1) != y
+            best.update(idx, delta, loss.detach(), adv)
+            if it == self.steps:
+                return
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            delta, loss = delta.detach(), loss.detach()
+            keep = ~adv
+            if not bool(keep.any()):
+                return
+            if not bool(keep.all()):
+                idx, x, y, delta, grad, loss = idx[keep], x[keep], y[keep], delta[keep], grad[keep], loss[keep]
+                target = None if target is None else target[keep]
+                step, run_best_loss, run_best = step[keep], run_best_loss[keep], run_best[keep]
+                run_best_grad = run_best_grad[keep]
+                loss_at_check, reduced_at_check, increases = loss_at_check[keep], reduced_at_check[keep], increases[keep]
+                prev_loss, prev_delta = prev_loss[keep], prev_delta[keep]
+            increases += (loss > prev_loss).float()
+            improved = loss > run_best_loss
+            run_best = torch.where(batch_view(improved, delta), delta, run_best)
+            run_best_grad = torch.where(batch_view(improved, delta), grad, run_best_grad)
+            run_best_loss = torch.where(improved, loss, run_best_loss)
+            if it in checks and it > 0:
+                stalled = increases < RHO * (it - last_check)
+                flat = ~reduced_at_check & (loss_at_check >= run_best_loss)
+                reduce = stalled | flat
+                step = torch.where(reduce, step / 2, step)
+                if bool(reduce.any()):
+                    # Halved samples go back to their best point, with its gradient and no momentum.
+                    back = batch_view(reduce, delta)
+                    delta = torch.where(back, run_best, delta)
+                    grad = torch.where(back, run_best_grad, grad)
+                    prev_delta = torch.where(back, run_best, prev_delta)
+                reduced_at_check, loss_at_check = reduce, run_best_loss.clone()
+                increases.zero_()
+                last_check = it
+            z = project_step(delta + batch_view(step, delta) * steepest_direction(grad, self.norm), x)
+            alpha = 1.0 if it == 0 else MOMENTUM
+            new = project_step(delta + alpha * (z - delta) + (1 - alpha) * (delta - prev_delta), x)
+            prev_delta, prev_loss, delta = delta, loss, new

@@ -1,0 +1,333 @@
+"""The attack base class: it owns the sweep over ascending epsilons.
+
+A sweep attacks each sample at the smallest epsilon first. A sample broken at
+epsilon k counts as broken at every larger epsilon (its adversarial lies inside
+every larger ball) and is not attacked again; a sample still standing carries
+its best perturbation (highest loss) into the next epsilon as a warm start.
+Every adversarial that is counted is re-checked in fp32 on the real model,
+inside the input bounds and the epsilon ball. Subclasses implement ``perturb``,
+one epsilon on one batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+Bounds = tuple[float, float]
+NORMS = ("linf", "l2")
+
+
+# -- geometry ---------------------------------------------------------------
+def batch_view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
+
+
+def project(delta: torch.Tensor, eps: torch.Tensor | float, norm: str) -> torch.Tensor:
+    """Project each row of ``delta`` onto the ``norm`` ball of radius ``eps`` (scalar or per sample)."""
+    eps_t = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device)
+    if eps_t.dim() == 0:
+        eps_t = eps_t.expand(len(delta))
+    eps_b = batch_view(eps_t, delta)
+    if norm == "linf":
+        return torch.maximum(torch.minimum(delta, eps_b), -eps_b)
+    norms = batch_view(lp_norm(delta, "l2"), delta)
+    return delta * torch.clamp(eps_b / norms.clamp_min(1e-12), max=1.0)
+
+
+def clip_to_bounds(x: torch.Tensor, delta: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    return (x + delta).clamp(bounds[0], bounds[1]) - x
+
+
+def steepest_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The unit-norm direction of steepest ascent: sign for L-inf, normalized gradient for L2."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / batch_view(lp_norm(grad, "l2").clamp_min(1e-12), grad)
+
+
+def random_in_ball(like: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A uniform random point of the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return (2 * u - 1) * eps
+    g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    direction = g / batch_view(lp_norm(g, "l2").clamp_min(1e-12), g)
+    d = like[0].numel()
+    radius = torch.rand(len(like), generator=generator, device=like.device, dtype=like.dtype) ** (1.0 / d)
+    return direction * batch_view(radius * eps, like)
+
+
+def random_on_sphere(like: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """Random noise of size exactly ``eps``: random signs (L-inf) or a random direction (L2)."""
+    if norm == "linf":
+        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return torch.where(u < 0.5, -eps, eps).to(like.dtype)
+    g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return g / batch_view(lp_norm(g, "l2").clamp_min(1e-12), g) * eps
+
+
+# -- verification -------------------------------------------------------------
+@torch.no_grad()
+def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, eps: float, bounds: Bounds, norm: str) -> torch.Tensor:
+    """Which perturbations really break the model: fp32, inside the bounds and the ball."""
+    delta = delta.float()
+    adv = x + delta
+    tol = 1e-5 * max(1.0, eps)
+    inside = (adv >= bounds[0] - 1e-6).flatten(1).all(1) & (adv <= bounds[1] + 1e-6).flatten(1).all(1)
+    inside &= lp_norm(delta, norm) <= eps + tol
+    wrong = model(adv).argmax(1) != y
+    return inside & wrong
+
+
+# -- the sweep ----------------------------------------------------------------
+class Source(Protocol):
+    """Anything that reads samples by position: an HDF5 subset, or tensors in memory."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ArraySource:
+    """In-memory samples, for tests, benchmarks and library use."""
+
+    def __init__(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> None:
+        self.x = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+        self.y = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[positions], self.y[positions]
+
+
+@dataclass
+class SweepState:
+    """Per-sample outcome: the first epsilon index that broke it (``len(epsilons)`` = never),
+    the norm of the counted adversarial, and the current perturbation (the warm start)."""
+
+    broken_at: np.ndarray
+    norms: np.ndarray
+    delta: np.ndarray
+    next_k: int = 0
+    prepared: bool = False
+    anchor: np.ndarray | None = None  # a minimal-norm adversarial per sample, from a pre-stage
+    min_norm: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, n: int, sample_shape: tuple[int, ...], n_eps: int, delta: np.ndarray | None = None) -> SweepState:
+        if delta is None:
+            delta = np.zeros((n, *sample_shape), dtype=np.float32)
+        return cls(np.full(n, n_eps, dtype=np.int32), np.full(n, np.nan, dtype=np.float32), delta)
+
+    def accuracy(self, n_eps: int) -> list[float]:
+        n = len(self.broken_at)
+        return [float((self.broken_at > k).sum() / n) if n else 0.0 for k in range(n_eps)]
+
+
+@dataclass
+class Hooks:
+    """Callbacks the sweep calls: progress, a checkpoint after each epsilon, a stop check."""
+
+    progress: Callable[[int, int], None] = lambda done, total: None
+    after_epsilon: Callable[[int, SweepState], None] = lambda k, state: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+class StopRequested(Exception):
+    """Raised inside a sweep when ``Hooks.should_stop`` says so."""
+
+
+@dataclass
+class Context:
+    """What every perturb call needs besides the batch."""
+
+    model: nn.Module
+    bounds: Bounds
+    generator: torch.Generator
+    autocast: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward for the attack's own steps: bf16 autocast on GPU when enabled."""
+        ctx = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if self.autocast and x.is_cuda
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            return self.model(x).float()
+
+
+class Attack:
+    """Base class: owns the loop over epsilons and batches; subclasses implement ``perturb``."""
+
+    name = "attack"
+    prepare_weight = 0  # how many epsilons' worth of work ``prepare`` does, for progress
+
+    def __init__(self, *, norm: str = "linf", seed: int = 0, batch_size: int = 128, autocast: bool = True) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.norm = norm
+        self.seed = seed
+        self.batch_size = batch_size
+        self.autocast = autocast
+
+    def params(self) -> dict[str, Any]:
+        """The attack's own parameters, for ``__repr__`` and the output's ``attack`` block."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in {"norm": self.norm, **self.params()}.items())
+        return f"{type(self).__name__}({args})"
+
+    # One epsilon, one batch: return (delta, success) where success marks samples
+    # for which delta was seen to be adversarial. The base class re-checks it.
+    def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def generator(self, device: torch.device, k: int, first: int) -> torch.Generator:
+        """Seeded by (seed, epsilon index, batch start): a resumed sweep draws the same numbers."""
+        g = torch.Generator(device=device)
+        g.manual_seed((self.seed * 1_000_003 + k * 10_007 + first) % (2**63))
+        return g
+
+    def _batches(self, positions: np.ndarray) -> list[np.ndarray]:
+        return [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+
+    def _load(self, source: Source, pos: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = source.read(pos)
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        if xt.is_cuda:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        return xt, torch.from_numpy(np.asarray(y)).to(device)
+
+    def clean_pass(self, model: nn.Module, source: Source, state: SweepState, device: torch.device, hooks: Hooks, total: int) -> None:
+        """Epsilon 0: misclassified samples are broken before any attack."""
+        done = 0
+        for pos in self._batches(np.arange(len(source))):
+            x, y = self._load(source, pos, device)
+            with torch.no_grad():
+                wrong = (model(x).argmax(1) != y).cpu().numpy()
+            state.broken_at[pos[wrong]] = 0
+            state.norms[pos[wrong]] = 0.0
+            done += len(pos)
+            hooks.progress(done, total)
+            if hooks.should_stop():
+                raise StopRequested
+
+    def sweep(
+        self,
+        model: nn.Module,
+        source: Source,
+        epsilons: list[float],
+        bounds: Bounds,
+        *,
+        state: SweepState | None = None,
+        hooks: Hooks | None = None,
+        device: torch.device | None = None,
+    ) -> SweepState:
+        """Attack every sample at ascending absolute ``epsilons`` (the first must be 0)."""
+        if not epsilons or epsilons[0] != 0 or any(b <= a for a, b in zip(epsilons, epsilons[1:])):
+            raise ValueError("epsilons must ascend strictly from 0")
+        hooks = hooks or Hooks()
+        device = device or next(iter(model.buffers()), torch.empty(0)).device
+        n, n_eps = len(source), len(epsilons)
+        if state is None:
+            x0, _ = source.read(np.arange(min(1, n)))
+            state = SweepState.empty(n, tuple(x0.shape[1:]), n_eps)
+        total = n * (n_eps + self.prepare_weight)
+        if state.next_k == 0:
+            self.clean_pass(model, source, state, device, hooks, total)
+            state.next_k = 1
+            hooks.after_epsilon(0, state)
+        if not state.prepared:
+            self.prepare(model, source, epsilons, bounds, state, hooks, device)
+            state.prepared = True
+        for k in range(state.next_k, n_eps):
+            eps = float(epsilons[k])
+            standing = np.flatnonzero(state.broken_at == n_eps)
+            done = (k + self.prepare_weight) * n + (n - len(standing))
+            for pos in self._batches(standing):
+                x, y = self._load(source, pos, device)
+                init = torch.from_numpy(state.delta[pos]).to(device)
+                ctx = Context(model, bounds, self.generator(device, k, int(pos[0])), self.autocast)
+                if state.anchor is not None:
+                    ctx.extra["anchor"] = torch.from_numpy(state.anchor[pos]).to(device)
+                delta, claimed = self.perturb(ctx, x, y, eps, init)
+                delta = clip_to_bounds(x, project(delta.float(), eps, self.norm), bounds)
+                ok = verify(model, x, y, delta, eps, bounds, self.norm)
+                retry = claimed & ~ok
+                if ctx.autocast and x.is_cuda and bool(retry.any()):
+                    # A bf16 "success" the fp32 check refused: attack those samples again in fp32.
+                    sub = retry.nonzero().squeeze(1)
+                    fp32 = Context(model, bounds, ctx.generator, False, {k: v[sub] for k, v in ctx.extra.items()})
+                    d2, _ = self.perturb(fp32, x[sub], y[sub], eps, delta[sub])
+                    d2 = clip_to_bounds(x[sub], project(d2.float(), eps, self.norm), bounds)
+                    delta[sub] = d2
+                    ok[sub] = verify(model, x[sub], y[sub], d2, eps, bounds, self.norm)
+                ok = ok.cpu().numpy()
+                state.delta[pos] = delta.detach().cpu().numpy()
+                state.broken_at[pos[ok]] = k
+                state.norms[pos[ok]] = lp_norm(delta[torch.from_numpy(ok).to(device)], self.norm).cpu().numpy()
+                done += len(pos)
+                hooks.progress(done, total)
+                if hooks.should_stop():
+                    raise StopRequested
+            state.next_k = k + 1
+            hooks.after_epsilon(k, state)
+        return state
+
+    def prepare(self, model: nn.Module, source: Source, epsilons: list[float], bounds: Bounds, state: SweepState, hooks: Hooks, device: torch.device) -> None:
+        """Work done once before the epsilon loop (a minimal-norm pre-stage, say)."""
+
+    def for_each_standing(self, source: Source, state: SweepState, n_eps: int, device: torch.device, hooks: Hooks, fn) -> None:
+        """Call ``fn(pos, x, y)`` on batches of the samples the clean pass left standing (a pre-stage)."""
+        n = len(source)
+        total = n * (n_eps + self.prepare_weight)
+        standing = np.flatnonzero(state.broken_at > 0)
+        done = n + (n - len(standing))
+        for pos in self._batches(standing):
+            x, y = self._load(source, pos, device)
+            fn(pos, x, y)
+            done += len(pos)
+            hooks.progress(done, total)
+            if hooks.should_stop():
+                raise StopRequested
+
+
+class Best:
+    """The point each sample keeps: its first adversarial once found, else its highest-loss point."""
+
+    def __init__(self, init: torch.Tensor) -> None:
+        self.delta = init.detach().clone()
+        self.loss = torch.full((len(init),), float("-inf"), device=init.device)
+        self.success = torch.zeros(len(init), dtype=torch.bool, device=init.device)
+
+    def update(self, idx: torch.Tensor, delta: torch.Tensor, loss: torch.Tensor, adv: torch.Tensor) -> None:
+        open_ = ~self.success[idx]
+        new_adv = adv & open_
+        better = ~adv & open_ & (loss > self.loss[idx])
+        take = new_adv | better
+        self.delta[idx[take]] = delta.detach()[take].to(self.delta.dtype)
+        self.loss[idx[better]] = loss[better]
+        self.success[idx[new_adv]] = True
+
+    def standing(self) -> torch.Tensor:
+        return (~self.success).nonzero().squeeze(1)
+
+
+def is_warm(init: torch.Tensor | None) -> bool:
+    return init is not None and bool(init.abs().amax() > 0)

@@ -1,0 +1,35 @@
+"""Random noise of size epsilon: the baseline of ``perturbation-type: random`` (L-inf: random signs; L2: random direction).
+
+Not an attack: it shows how much accuracy falls under perturbations an
+attacker did not choose, to set against the attacked curve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import Attack, Context, clip_to_bounds, random_on_sphere
+
+
+class Noise(Attack):
+    name = "noise"
+
+    def __init__(self, *, norm: str = "linf", restarts: int = 1, **kwargs: Any) -> None:
+        super().__init__(norm=norm, **kwargs)
+        self.restarts = restarts
+
+    def params(self) -> dict[str, Any]:
+        return {"restarts": self.restarts}
+
+    @torch.no_grad()
+    def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
+        best = torch.zeros_like(x)
+        success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            delta = clip_to_bounds(x, random_on_sphere(x, eps, self.norm, ctx.generator), ctx.bounds)
+            adv = (ctx.logits(x + delta).argmax(1) != y) & ~success
+            best[adv] = delta[adv]
+            success |= adv
+        return best, success

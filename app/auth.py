@@ -1,0 +1,47 @@
+"""API keys and tenants.
+
+With no keys configured the service is open and every object belongs to the
+tenant ``public``. With keys, each request but ``/api/health`` must carry one
+(``X-API-Key`` header or ``Authorization: Bearer``), and it sees only its tenant's objects.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import g, request
+
+from .exceptions import NotFoundError, UnauthorizedError
+from .extensions import get_settings
+
+PUBLIC = "public"
+OPEN_PATHS = ("/api/health", "/api/openapi.json")
+
+
+def authenticate() -> None:
+    """``before_request`` hook: set ``g.tenant`` or refuse the request."""
+    keys = get_settings().api_keys
+    if not keys or request.path in OPEN_PATHS:
+        g.tenant = PUBLIC
+        return
+    supplied = request.headers.get("X-API-Key", "")
+    auth = request.headers.get("Authorization", "")
+    if not supplied and auth.lower().startswith("bearer "):
+        supplied = auth[7:].strip()
+    if not supplied:
+        raise UnauthorizedError("an API key is required (X-API-Key header or Authorization: Bearer)")
+    for key, tenant in keys.items():
+        if hmac.compare_digest(key.encode(), supplied.encode()):
+            g.tenant = tenant
+            return
+    raise UnauthorizedError("unknown API key")
+
+
+def tenant() -> str:
+    return g.get("tenant", PUBLIC)
+
+
+def check_owner(owner: str, what: str) -> None:
+    """Another tenant's object answers exactly like a missing one."""
+    if owner != tenant():
+        raise NotFoundError(f"no {what} with that id")

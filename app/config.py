@@ -1,0 +1,88 @@
+"""Service settings, read from the environment with documented defaults.
+
+Every setting can also be passed to ``create_app(config)`` as a mapping, which
+is how the tests build isolated apps.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _load_api_keys() -> dict[str, str]:
+    """API keys from ``API_KEYS`` ("key" or "tenant:key", comma separated) or ``API_KEYS_FILE``.
+
+    An empty result means the service runs open (single tenant "public").
+    """
+    entries: list[str] = []
+    raw = os.environ.get("API_KEYS", "")
+    entries += [e for e in raw.split(",") if e.strip()]
+    path = os.environ.get("API_KEYS_FILE")
+    if path:
+        lines = Path(path).read_text().splitlines()
+        entries += [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    return parse_api_keys(entries)
+
+
+def parse_api_keys(entries: list[str]) -> dict[str, str]:
+    """Map key -> tenant name from ``tenant:key`` or bare ``key`` entries."""
+    keys: dict[str, str] = {}
+    for entry in entries:
+        entry = entry.strip()
+        tenant, sep, key = entry.partition(":")
+        if not sep:
+            tenant, key = f"key-{entry[:6]}", entry
+        keys[key.strip()] = tenant.strip()
+    return keys
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by the API, the worker and the command line."""
+
+    redis_url: str = ""
+    appdata: Path = Path("appdata")
+    queue_name: str = "evaluations"
+    max_upload_mb: int = 512
+    job_timeout: int = 24 * 3600
+    max_perturbation_values: int = 50
+    api_keys: dict[str, str] = field(default_factory=dict)
+    max_concurrent_jobs: int = 0
+    key_prefix: str = "secev"
+
+    @classmethod
+    def from_env(cls) -> Config:
+        return cls(
+            redis_url=os.environ.get("REDIS_URL", ""),
+            appdata=Path(os.environ.get("APPDATA", "appdata")),
+            queue_name=os.environ.get("QUEUE_NAME", "evaluations"),
+            max_upload_mb=_env_int("MAX_UPLOAD_MB", 512),
+            job_timeout=_env_int("JOB_TIMEOUT", 24 * 3600),
+            api_keys=_load_api_keys(),
+            max_concurrent_jobs=_env_int("MAX_CONCURRENT_JOBS", 0),
+        )
+
+    def updated(self, overrides: Mapping[str, Any] | None) -> Config:
+        """A copy with the given fields replaced (unknown names are an error)."""
+        if not overrides:
+            return self
+        names = {f.name for f in fields(self)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"unknown config fields: {sorted(unknown)}")
+        values = dict(overrides)
+        if "appdata" in values:
+            values["appdata"] = Path(values["appdata"])
+        return replace(self, **values)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.appdata.resolve()

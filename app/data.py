@@ -1,0 +1,73 @@
+"""Reading HDF5 datasets in batches and choosing which samples to evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .exceptions import EvaluationError, InvalidFileError
+
+FAST_SEED = 20200101  # fixed: "fast" mode must pick the same samples for every model
+
+
+class H5Dataset:
+    """``samples`` (N x C x H x W) and ``labels`` (N or N x K one-hot), read by index, never whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+            self.samples = self._file["samples"]
+            labels = self._file["labels"]
+            raw = labels[()]  # labels are small: one integer (or one row) per sample
+        except (OSError, KeyError) as exc:
+            raise InvalidFileError(f"cannot read the dataset: {exc}") from None
+        self.labels = raw.argmax(1).astype(np.int64) if raw.ndim == 2 else raw.astype(np.int64)
+        self.n_classes = int(raw.shape[1]) if raw.ndim == 2 else int(labels.attrs.get("num_classes", self.labels.max() + 1))
+        if len(self.labels) != len(self.samples):
+            raise InvalidFileError(f"{len(self.samples)} samples but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.samples.shape[1:])
+
+    def read(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples and labels at sorted, unique ``indexes`` (h5py needs increasing order)."""
+        x = np.asarray(self.samples[indexes], dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise EvaluationError(f"the dataset holds NaN or infinite values among samples {indexes[0]}..{indexes[-1]}")
+        return x, self.labels[indexes]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> H5Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def select(labels: np.ndarray, mode: str, indexes: list[int] | None, fast_size: int = 100) -> np.ndarray:
+    """Which samples to evaluate: ``indexes`` if given, else all, else a stratified subset."""
+    n = len(labels)
+    if indexes:
+        chosen = np.asarray(indexes, dtype=np.int64)
+        if chosen[-1] >= n:
+            raise EvaluationError(f"index {chosen[-1]} is out of range for a dataset of {n} samples")
+        return chosen
+    if mode == "complete" or n <= fast_size:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(FAST_SEED)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts / n * fast_size).astype(int)
+    # Largest remainders get the samples left after flooring, so the total is exact.
+    order = np.argsort(-(counts / n * fast_size - quota), kind="stable")
+    quota[order[: fast_size - quota.sum()]] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota) if q]
+    return np.sort(np.concatenate(picked))

@@ -1,0 +1,203 @@
+"""The engine: one security evaluation from a normalized request to its output.
+
+Shared by the RQ job (``app.jobs``) and the command line (``python -m app``).
+With a work directory it checkpoints after every epsilon (the per-sample state
+and the warm-start perturbations, the latter in a memory-mapped file), and a
+re-run with the same request resumes from the last finished epsilon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import attacks
+from .attacks.base import Hooks, SweepState
+from .data import H5Dataset, select
+from .exceptions import EvaluationError
+from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
+
+CHECKPOINT = "checkpoint.npz"
+SAMPLES = "samples.npz"
+
+
+class SubsetSource:
+    """The chosen samples of an HDF5 file, read by position in the selection."""
+
+    def __init__(self, data: H5Dataset, indexes: np.ndarray) -> None:
+        self.data, self.indexes = data, indexes
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.read(self.indexes[positions])
+
+
+def fingerprint(request: dict[str, Any]) -> str:
+    """What must match for a checkpoint to be resumed."""
+    keys = ("perturbation-values", "attack", "norm", "attack-params", "evaluation-mode", "indexes",
+            "preprocessing", "input-bounds", "seed", "trained-model", "dataset")
+    return hashlib.sha256(json.dumps({k: request.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+
+
+def sec_value(x: list[float], y: list[float]) -> float:
+    """Area under the accuracy-vs-epsilon curve over [0, max epsilon], normalized to [0, 1]."""
+    if len(x) < 2 or x[-1] <= 0:
+        return float(y[0]) if y else 0.0
+    area = sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1))
+    return float(area / x[-1])
+
+
+def sec_level(value: float) -> str:
+    """``low`` below 1/3, ``medium`` below 2/3, ``high`` otherwise (the curve's normalized area)."""
+    return "low" if value < 1 / 3 else "medium" if value < 2 / 3 else "high"
+
+
+class Checkpoint:
+    """Per-epsilon checkpoint in a work directory; the warm-start deltas live in a memmap."""
+
+    def __init__(self, work_dir: Path, request: dict[str, Any]) -> None:
+        self.dir = work_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.print = fingerprint(request)
+
+    def load_or_create(self, n: int, shape: tuple[int, ...], n_eps: int) -> tuple[SweepState, bool]:
+        path = self.dir / CHECKPOINT
+        delta_path = self.dir / "delta.npy"
+        if path.exists() and delta_path.exists():
+            with np.load(path, allow_pickle=False) as ck:
+                if str(ck["fingerprint"]) == self.print and ck["broken_at"].shape == (n,):
+                    delta = np.load(delta_path, mmap_mode="r+", allow_pickle=False)
+                    state = SweepState(ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"]))
+                    if "anchor" in ck.files:
+                        state.anchor, state.min_norm = ck["anchor"].copy(), ck["min_norm"].copy()
+                    return state, True
+        delta = np.lib.format.open_memmap(delta_path, mode="w+", dtype=np.float32, shape=(n, *shape))
+        return SweepState.empty(n, shape, n_eps, delta=delta), False
+
+    def save(self, state: SweepState) -> None:
+        if isinstance(state.delta, np.memmap):
+            state.delta.flush()
+        extra = {}
+        if state.anchor is not None:
+            extra = {"anchor": state.anchor, "min_norm": state.min_norm}
+        tmp = self.dir / "checkpoint.tmp.npz"
+        np.savez(tmp, fingerprint=self.print, broken_at=state.broken_at, norms=state.norms,
+                 next_k=state.next_k, prepared=state.prepared, **extra)
+        tmp.replace(self.dir / CHECKPOINT)
+
+    def finish(self) -> None:
+        for name in (CHECKPOINT, "delta.npy"):
+            (self.dir / name).unlink(missing_ok=True)
+
+
+def evaluate(
+    request: dict[str, Any],
+    model_path: Path,
+    dataset_path: Path,
+    *,
+    work_dir: Path | None = None,
+    device: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run the request's attack over its epsilons and return the output (curve, accuracy, timing)."""
+    t0 = time.perf_counter()
+    dev = pick_device(device)
+    torch.manual_seed(request["seed"])
+    model, notes = load_onnx(model_path, request["preprocessing"] or None)
+    model = model.to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    with H5Dataset(dataset_path) as data:
+        indexes = select(data.labels, request["evaluation-mode"], request["indexes"])
+        source = SubsetSource(data, indexes)
+        model, notes = _check_model(model, source, data.n_classes, dev, notes)
+        lb, ub = request["input-bounds"]
+        fractions = request["perturbation-values"]
+        epsilons = [v * (ub - lb) for v in fractions]
+        attack = attacks.build(
+            request["attack"], norm=request["norm"], params=request["attack-params"],
+            seed=request["seed"], batch_size=request["batch-size"],
+        )
+        checkpoint = Checkpoint(work_dir, request) if work_dir else None
+        resumed = False
+        if checkpoint:
+            state, resumed = checkpoint.load_or_create(len(source), data.shape, len(epsilons))
+        else:
+            state = SweepState.empty(len(source), data.shape, len(epsilons))
+        t_load = time.perf_counter()
+        hooks = Hooks(
+            progress=progress or (lambda done, total: None),
+            after_epsilon=(lambda k, st: checkpoint.save(st)) if checkpoint else (lambda k, st: None),
+            should_stop=should_stop or (lambda: False),
+        )
+        state = attack.sweep(model, source, epsilons, (lb, ub), state=state, hooks=hooks, device=dev)
+        labels = data.labels[indexes]
+    accuracy = state.accuracy(len(epsilons))
+    value = sec_value(fractions, accuracy)
+    output: dict[str, Any] = {
+        "sec-curve": {"x-values": fractions, "y-values": accuracy},
+        "clean-accuracy": accuracy[0],
+        "sec-value": value,
+        "sec-level": sec_level(value),
+        "n-samples": len(indexes),
+        "perturbation-type": request["perturbation-type"],
+        "performance-metric": request["performance-metric"],
+        "attack": {
+            "name": request["attack"],
+            "norm": request["norm"],
+            "params": request["attack-params"],
+            "repr": repr(attack),
+            "epsilons-absolute": epsilons,
+            "input-bounds": [lb, ub],
+            "preprocessing": request["preprocessing"],
+            "seed": request["seed"],
+            "batch-size": request["batch-size"],
+        },
+        "model-notes": notes,
+        "device": str(dev),
+        "resumed": resumed,
+        "timing": {
+            "load-seconds": round(t_load - t0, 3),
+            "attack-seconds": round(time.perf_counter() - t_load, 3),
+            "total-seconds": round(time.perf_counter() - t0, 3),
+        },
+    }
+    if work_dir:
+        np.savez_compressed(
+            work_dir / SAMPLES, index=indexes, label=labels, broken_at=state.broken_at, norm=state.norms,
+            **({"min_norm": state.min_norm} if state.min_norm is not None else {}),
+        )
+        checkpoint.finish()
+        output["artifacts"] = {"per-sample": SAMPLES}
+    return output
+
+
+def _check_model(model: torch.nn.Module, source: SubsetSource, n_classes: int, dev: torch.device, notes: dict[str, Any]):
+    """One forward on a few samples: output shape vs classes, and hidden softmax outputs."""
+    x, _ = source.read(np.arange(min(8, len(source))))
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x).to(dev))
+    except Exception as exc:
+        raise EvaluationError(f"the model cannot run on the dataset's samples of shape {list(x.shape[1:])}: {exc}") from None
+    if out.dim() != 2:
+        raise EvaluationError(f"the model must output one score per class (N x K), got shape {list(out.shape)}")
+    if out.shape[1] < n_classes:
+        raise EvaluationError(f"the model outputs {out.shape[1]} scores but the dataset has {n_classes} classes")
+    if out.shape[1] < 2:
+        raise EvaluationError("the model outputs a single score; a classifier needs at least two")
+    if not torch.isfinite(out).all():
+        raise EvaluationError("the model outputs NaN or infinite scores on clean samples")
+    if outputs_probabilities(out):
+        model = LogProbabilities(model)
+        notes = {**notes, "probabilities-to-log": True}
+    return model, notes

@@ -1,0 +1,177 @@
+"""Durable records in Redis: evaluations, their curves, uploaded models and datasets.
+
+Key layout (prefix ``secev`` by default; nothing here has an expiry)::
+
+    secev:evaluation:<id>    hash   status, owner, request (JSON), created/started/ended
+                                    timestamps, error, details, progress-done/-total, attempt
+    secev:evaluations        zset   evaluation ids scored by creation time
+    secev:active             set    ids of evaluations that are queued or started
+    secev:result:<id>        string the finished output (JSON), written once
+    secev:lease:<id>         string the worker holding a running job; expires unless renewed
+    secev:model:<id>         string model description (JSON); same for dataset:<id>
+    secev:models             zset   model ids by upload time; same for datasets
+
+Values are JSON text. Nothing read from Redis is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+TERMINAL = ("finished", "failed", "canceled")
+STATUSES = ("queued", "started", *TERMINAL)
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+class Records:
+    """Reads and writes the service's records in one Redis database."""
+
+    def __init__(self, connection: redis.Redis, prefix: str = "secev") -> None:
+        self.redis = connection
+        self.prefix = prefix
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # -- evaluations ---------------------------------------------------------
+    def create_evaluation(self, request: dict[str, Any], owner: str, extra: dict[str, Any]) -> str:
+        job_id = str(uuid.uuid4())
+        created = now()
+        fields = {
+            "status": "queued",
+            "owner": owner,
+            "request": json.dumps(request),
+            "resolved": json.dumps(extra),
+            "created_at": created,
+            "progress-done": 0,
+            "progress-total": 0,
+            "attempt": 0,
+        }
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.key("evaluation", job_id), mapping=fields)
+            pipe.zadd(self.key("evaluations"), {job_id: created})
+            pipe.sadd(self.key("active"), job_id)
+            pipe.execute()
+        return job_id
+
+    def evaluation(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.key("evaluation", job_id))
+        if not raw:
+            return None
+        rec = {k.decode(): v.decode() for k, v in raw.items()}
+        out: dict[str, Any] = {
+            "job_id": job_id,
+            "job-status": rec.get("status", "queued"),
+            "owner": rec.get("owner", "public"),
+            "progress": {"done": int(rec.get("progress-done", 0)), "total": int(rec.get("progress-total", 0))},
+            "attempt": int(rec.get("attempt", 0)),
+            "request": json.loads(rec.get("request", "{}")),
+            "resolved": json.loads(rec.get("resolved", "{}")),
+        }
+        for name in ("created_at", "started_at", "ended_at"):
+            out[name] = float(rec[name]) if rec.get(name) else None
+        if rec.get("error"):
+            out["error"] = rec["error"]
+            if rec.get("details"):
+                out["details"] = json.loads(rec["details"])
+        return out
+
+    def evaluation_ids(self) -> list[str]:
+        return [i.decode() for i in self.redis.zrange(self.key("evaluations"), 0, -1)]
+
+    def set_status(self, job_id: str, status: str, **fields: Any) -> None:
+        mapping: dict[str, Any] = {"status": status}
+        if status == "started":
+            mapping["started_at"] = now()
+        if status in TERMINAL:
+            mapping["ended_at"] = now()
+        for name, value in fields.items():
+            mapping[name] = json.dumps(value) if isinstance(value, (dict, list)) else value
+        key = self.key("evaluation", job_id)
+        # Only touch records that still exist: a deleted job must not be resurrected by a late write.
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not pipe.exists(key):
+                        pipe.reset()
+                        return
+                    pipe.multi()
+                    pipe.hset(key, mapping=mapping)
+                    if status in TERMINAL:
+                        pipe.srem(self.key("active"), job_id)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def claim(self, job_id: str) -> int | None:
+        """Move a queued evaluation to started, once: returns the new attempt number,
+        or None when it is gone or another worker already holds it."""
+        key = self.key("evaluation", job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    status, attempt = pipe.hmget(key, "status", "attempt")
+                    if status is None or status.decode() != "queued":
+                        pipe.reset()
+                        return None
+                    attempt_n = int(attempt or 0) + 1
+                    pipe.multi()
+                    pipe.hset(key, mapping={"status": "started", "started_at": now(), "attempt": attempt_n})
+                    pipe.execute()
+                    return attempt_n
+                except redis.WatchError:
+                    continue
+
+    def active_ids(self) -> list[str]:
+        """Evaluations not yet finished, failed or canceled."""
+        return [i.decode() for i in self.redis.smembers(self.key("active"))]
+
+    def set_progress(self, job_id: str, done: int, total: int) -> None:
+        key = self.key("evaluation", job_id)
+        if self.redis.exists(key):
+            self.redis.hset(key, mapping={"progress-done": done, "progress-total": total})
+
+    def delete_evaluation(self, job_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.key("evaluation", job_id), self.key("result", job_id), self.key("lease", job_id))
+            pipe.zrem(self.key("evaluations"), job_id)
+            pipe.srem(self.key("active"), job_id)
+            pipe.execute()
+
+    # -- results -------------------------------------------------------------
+    def store_result(self, job_id: str, output: dict[str, Any]) -> bool:
+        """Write the output once; a second writer (a re-run job) does not replace it."""
+        return bool(self.redis.set(self.key("result", job_id), json.dumps(output), nx=True))
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.key("result", job_id))
+        return json.loads(raw) if raw else None
+
+    # -- uploaded files ------------------------------------------------------
+    def add_file(self, kind: str, meta: dict[str, Any]) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.set(self.key(kind, meta["id"]), json.dumps(meta))
+            pipe.zadd(self.key(f"{kind}s"), {meta["id"]: meta["created_at"]})
+            pipe.execute()
+
+    def file(self, kind: str, file_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.key(kind, file_id))
+        return json.loads(raw) if raw else None
+
+    def files(self, kind: str) -> list[dict[str, Any]]:
+        ids = [i.decode() for i in self.redis.zrange(self.key(f"{kind}s"), 0, -1)]
+        if not ids:
+            return []
+        raws = self.redis.mget([self.key(kind, i) for i in ids])
+        return [json.loads(r) for r in raws if r]

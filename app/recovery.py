@@ -1,0 +1,86 @@
+"""Finding abandoned evaluations and putting them back on the queue.
+
+A running job renews its lease every second (``app.jobs.Lease``). Every live
+worker checks, every few seconds, for evaluations that are ``started`` with no
+lease (their worker died: SIGKILL, OOM, a lost machine) and for evaluations that
+are ``queued`` but have no RQ job waiting (a work-horse that died, or a Redis
+that lost the queue entry). Either is enqueued again, with the attempt count
+kept, until ``MAX_ATTEMPTS``; the job resumes from its per-epsilon checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from rq import Queue
+from rq.job import JobStatus
+
+from . import queue as jobqueue
+from .records import Records, now
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+GRACE = 3.0  # seconds a fresh record may lack its lease or its RQ job
+INTERVAL = 2.0
+WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+
+
+def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: int) -> None:
+    rec = records.evaluation(job_id)
+    if rec is None:
+        return
+    # One worker per attempt does the re-queue.
+    if not records.redis.set(records.key("recover", job_id, str(rec["attempt"])), "1", nx=True, ex=60):
+        return
+    if rec["attempt"] >= MAX_ATTEMPTS:
+        records.set_status(job_id, "failed", error=f"{reason}; gave up after {rec['attempt']} attempts")
+        return
+    log.warning("re-queueing evaluation %s: %s", job_id, reason)
+    old = jobqueue.fetch_job(records.redis, job_id)
+    if old is not None:
+        old.delete(remove_from_queue=True)
+    records.set_status(job_id, "queued", error=f"re-queued: {reason}")
+    jobqueue.enqueue_evaluation(queue, job_id, timeout)
+
+
+def sweep_once(records: Records, queue: Queue, timeout: int) -> int:
+    """One pass over the unfinished evaluations; returns how many were re-queued."""
+    count = 0
+    t = now()
+    for job_id in records.active_ids():
+        rec = records.evaluation(job_id)
+        if rec is None:
+            records.redis.srem(records.key("active"), job_id)
+            continue
+        status = rec["job-status"]
+        if status == "started":
+            if t - (rec["started_at"] or t) > GRACE and not records.redis.exists(records.key("lease", job_id)):
+                requeue(records, queue, job_id, "its worker stopped while running it", timeout)
+                count += 1
+        elif status == "queued" and t - (rec["created_at"] or t) > GRACE:
+            job = jobqueue.fetch_job(records.redis, job_id)
+            state = job.get_status(refresh=False) if job is not None else None
+            if state not in WAITING:
+                requeue(records, queue, job_id, "its queue entry was lost or its work-horse died", timeout)
+                count += 1
+    return count
+
+
+class Recovery(threading.Thread):
+    """Runs ``sweep_once`` every few seconds inside a worker process."""
+
+    def __init__(self, records: Records, queue: Queue, timeout: int, interval: float = INTERVAL) -> None:
+        super().__init__(daemon=True, name="recovery")
+        self.records, self.queue, self.timeout, self.interval = records, queue, timeout, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                sweep_once(self.records, self.queue, self.timeout)
+            except Exception as exc:  # Redis away: try again next tick
+                log.debug("recovery pass failed: %s", exc)
+            time.sleep(0)

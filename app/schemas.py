@@ -1,0 +1,223 @@
+"""The security-evaluation request: field names, defaults and validation.
+
+This module owns the API's defaults. It turns a user's JSON body into a
+normalized request where every parameter is explicit, so the stored job record
+says exactly what ran. Field names follow PandaVision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .exceptions import ValidationError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+ATTACKS = ("pgd", "fgsm", "apgd", "fmn", "auto")
+NORMS = ("linf", "l2")
+DEFAULT_PERTURBATION_VALUES = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1]
+FAST_MODE_SAMPLES = 100
+MAX_BATCH_SIZE = 4096
+MAX_STEPS = 10_000
+
+# Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon).
+ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
+    "fgsm": {},
+    "pgd": {"steps": 50, "step-size": 0.1, "random-start": True, "restarts": 1},
+    "apgd": {"steps": 100, "restarts": 1, "loss": "ce", "n-target-classes": 9},
+    "fmn": {"steps": 200, "step-size": 1.0, "gamma": 0.05},
+    "auto": {"fmn-steps": 200, "apgd-steps": 100, "n-target-classes": 3},
+    "noise": {"restarts": 1},
+}
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+
+REQUEST_FIELDS = (
+    "trained-model", "dataset", "perturbation-values", "perturbation-type", "attack", "norm",
+    "attack-params", "evaluation-mode", "indexes", "preprocessing", "input-bounds",
+    "performance-metric", "task", "batch-size", "seed",
+)
+
+
+def _fail(field: str, message: str) -> ValidationError:
+    return ValidationError(f"{field}: {message}", details={"field": field})
+
+
+def _number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(field, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(field: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(field, f"expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise _fail(field, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(field, f"must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _string(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(field, "required: an uploaded id or a file name inside the data directory")
+    if len(value) > 1024:
+        raise _fail(field, "too long")
+    return value.strip()
+
+
+def perturbation_values(raw: Any, limit: int) -> list[float]:
+    field = "perturbation-values"
+    if not isinstance(raw, list) or not raw:
+        raise _fail(field, "expected a non-empty list of numbers in [0, 1]")
+    values = {_number(field, v) for v in raw}
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise _fail(field, f"values must lie in [0, 1] (fractions of the input range), got {sorted(bad)}")
+    values.add(0.0)
+    if len(values) > limit:
+        raise _fail(field, f"at most {limit} distinct values, got {len(values)}")
+    return sorted(values)
+
+
+def attack_parameters(attack: str, raw: Any) -> dict[str, Any]:
+    field = "attack-params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(field, "expected an object")
+    spec = ATTACK_PARAMETERS[attack]
+    unknown = sorted(set(raw) - set(spec))
+    if unknown:
+        raise _fail(field, f"{unknown} not accepted by '{attack}'; accepted: {sorted(spec)}")
+    params = dict(spec)
+    for key, value in raw.items():
+        name = f"{field}.{key}"
+        if key in ("steps", "fmn-steps", "apgd-steps"):
+            params[key] = _integer(name, value, 1, MAX_STEPS)
+        elif key == "restarts":
+            params[key] = _integer(name, value, 1, 100)
+        elif key == "n-target-classes":
+            params[key] = _integer(name, value, 1, 100)
+        elif key in ("step-size", "gamma"):
+            v = _number(name, value)
+            if not 0 < v <= 10:
+                raise _fail(name, f"must be in (0, 10], got {v}")
+            params[key] = v
+        elif key == "random-start":
+            if not isinstance(value, bool):
+                raise _fail(name, "expected true or false")
+            params[key] = value
+        elif key == "loss":
+            params[key] = _choice(name, value, APGD_LOSSES)
+    return params
+
+
+def preprocessing(raw: Any, missing: bool) -> dict[str, list[float]]:
+    """Mean/std normalization applied inside the model; absent means ImageNet's."""
+    field = "preprocessing"
+    if missing:
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    if raw is None or raw == {}:
+        return {}
+    if not isinstance(raw, dict) or set(raw) != {"mean", "std"}:
+        raise _fail(field, 'expected {"mean": [...], "std": [...]} or {} for none')
+    mean, std = raw["mean"], raw["std"]
+    if not isinstance(mean, list) or not isinstance(std, list) or not mean or len(mean) != len(std):
+        raise _fail(field, "mean and std must be non-empty lists of the same length")
+    mean = [_number(f"{field}.mean", v) for v in mean]
+    std = [_number(f"{field}.std", v) for v in std]
+    if any(s <= 0 for s in std):
+        raise _fail(f"{field}.std", "every std must be positive")
+    return {"mean": mean, "std": std}
+
+
+def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
+    """Validate a request body and return it normalized, with every default filled in."""
+    if not isinstance(body, dict):
+        raise ValidationError("request body must be a JSON object")
+    unknown = sorted(set(body) - set(REQUEST_FIELDS))
+    if unknown:
+        raise ValidationError(f"unknown fields {unknown}", details={"field": unknown[0], "accepted": list(REQUEST_FIELDS)})
+    req: dict[str, Any] = {
+        "trained-model": _string("trained-model", body.get("trained-model")),
+        "dataset": _string("dataset", body.get("dataset")),
+    }
+    req["perturbation-values"] = perturbation_values(
+        body.get("perturbation-values", DEFAULT_PERTURBATION_VALUES), max_values
+    )
+    req["perturbation-type"] = _choice("perturbation-type", body.get("perturbation-type", "max-norm"), ("max-norm", "random"))
+    attack = _choice("attack", body.get("attack", "pgd"), ATTACKS)
+    if req["perturbation-type"] == "random":
+        if "attack" in body:
+            raise _fail("attack", "perturbation-type 'random' adds noise and takes no attack")
+        attack = "noise"
+    req["attack"] = attack
+    req["norm"] = _choice("norm", body.get("norm", "linf"), NORMS)
+    req["attack-params"] = attack_parameters(attack, body.get("attack-params"))
+    req["evaluation-mode"] = _choice("evaluation-mode", body.get("evaluation-mode", "complete"), ("complete", "fast"))
+    indexes = body.get("indexes")
+    if indexes is not None:
+        if not isinstance(indexes, list) or not indexes:
+            raise _fail("indexes", "expected a non-empty list of sample indexes")
+        idx = sorted({_integer("indexes", i, 0, 10**9) for i in indexes})
+        req["indexes"] = idx
+    else:
+        req["indexes"] = None
+    req["preprocessing"] = preprocessing(body.get("preprocessing"), "preprocessing" not in body)
+    bounds = body.get("input-bounds", [0.0, 1.0])
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise _fail("input-bounds", "expected [lower, upper]")
+    lb, ub = (_number("input-bounds", b) for b in bounds)
+    if not lb < ub:
+        raise _fail("input-bounds", f"lower bound must be below upper bound, got [{lb}, {ub}]")
+    req["input-bounds"] = [lb, ub]
+    req["performance-metric"] = _choice(
+        "performance-metric", body.get("performance-metric", "classification-accuracy"), ("classification-accuracy",)
+    )
+    req["task"] = _choice("task", body.get("task", "classification"), ("classification",))
+    req["batch-size"] = _integer("batch-size", body.get("batch-size", 128), 1, MAX_BATCH_SIZE)
+    req["seed"] = _integer("seed", body.get("seed", 0), 0, 2**31 - 1)
+    return req
+
+
+def check_against_dataset(req: dict[str, Any], dataset: dict[str, Any]) -> None:
+    """Checks that need the dataset's description (known at submit time)."""
+    channels, n = dataset["channels"], dataset["n-samples"]
+    pre = req["preprocessing"]
+    if pre and len(pre["mean"]) not in (1, channels):
+        raise _fail("preprocessing", f"{len(pre['mean'])} mean/std values but the dataset has {channels} channels")
+    if req["indexes"] and req["indexes"][-1] >= n:
+        raise _fail("indexes", f"index {req['indexes'][-1]} is out of range for a dataset of {n} samples")
+    value_range = dataset.get("value-range")
+    lb, ub = req["input-bounds"]
+    if value_range and (value_range[0] < lb - 1e-6 or value_range[1] > ub + 1e-6):
+        raise _fail(
+            "input-bounds",
+            f"the dataset's values span [{value_range[0]:.4g}, {value_range[1]:.4g}], outside input-bounds [{lb}, {ub}]",
+        )
+
+
+def check_against_model(model: dict[str, Any], dataset: dict[str, Any]) -> None:
+    """Shape agreement between a model's declared input/output and a dataset."""
+    in_shape = model.get("input-shape") or []
+    want = dataset["shape"]
+    static = [d if isinstance(d, int) and d > 0 else None for d in in_shape[1:]]
+    if len(in_shape) == 4 and any(s is not None and s != w for s, w in zip(static, want)):
+        raise ValidationError(
+            f"dataset: samples are {want} but the model expects {in_shape[1:]}",
+            details={"field": "dataset"},
+        )
+    out = model.get("output-shape") or []
+    n_classes = dataset.get("n-classes")
+    if len(out) == 2 and isinstance(out[1], int) and out[1] > 0 and n_classes and n_classes > out[1]:
+        raise ValidationError(
+            f"dataset: it has {n_classes} classes but the model outputs {out[1]} scores",
+            details={"field": "dataset"},
+        )
