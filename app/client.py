@@ -1,11 +1,11 @@
 """A small Python client for the API, standard library only.
 
-    from app.client import Client
-    c = Client("http://127.0.0.1:8000")
-    model = c.upload("models", "net.onnx")
-    data = c.upload("datasets", "val.h5")
-    job = c.submit({"trained-model": model["id"], "dataset": data["id"], "perturbation-values": [0, 0.05]})
-    print(c.wait(job["job_id"])["sec-curve"])
+from app.client import Client
+c = Client("http://127.0.0.1:8000")
+model = c.upload("models", "net.onnx")
+data = c.upload("datasets", "val.h5")
+job = c.submit({"trained-model": model["id"], "dataset": data["id"], "perturbation-values": [0, 0.05]})
+print(c.wait(job["job_id"])["sec-curve"])
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class ApiError(Exception):
@@ -58,8 +59,10 @@ class Client:
     def upload(self, kind: str, path: Path | str) -> dict[str, Any]:
         path = Path(path)
         boundary = uuid.uuid4().hex
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         return self.request("POST", f"/api/{kind}", body, f"multipart/form-data; boundary={boundary}")[1]
 
@@ -78,8 +81,9 @@ class Client:
     def delete(self, job_id: str) -> dict[str, Any]:
         return self.json("DELETE", f"/api/security_evaluations/{job_id}")
 
-    def wait(self, job_id: str, *, timeout: float = 600, poll: float = 0.5,
-             on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, *, timeout: float = 600, poll: float = 0.5, on_status: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         """Poll until the job ends; return its output, or raise ApiError if it failed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -7,9 +7,10 @@ is how the tests build isolated apps.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 def _env_int(name: str, default: int) -> int:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,19 @@ class SubsetSource:
 
 def fingerprint(request: dict[str, Any]) -> str:
     """What must match for a checkpoint to be resumed."""
-    keys = ("perturbation-values", "attack", "norm", "attack-params", "evaluation-mode", "indexes",
-            "preprocessing", "input-bounds", "seed", "trained-model", "dataset")
+    keys = (
+        "perturbation-values",
+        "attack",
+        "norm",
+        "attack-params",
+        "evaluation-mode",
+        "indexes",
+        "preprocessing",
+        "input-bounds",
+        "seed",
+        "trained-model",
+        "dataset",
+    )
     return hashlib.sha256(json.dumps({k: request.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
 
 
@@ -89,8 +101,15 @@ class Checkpoint:
         if state.anchor is not None:
             extra = {"anchor": state.anchor, "min_norm": state.min_norm}
         tmp = self.dir / "checkpoint.tmp.npz"
-        np.savez(tmp, fingerprint=self.print, broken_at=state.broken_at, norms=state.norms,
-                 next_k=state.next_k, prepared=state.prepared, **extra)
+        np.savez(
+            tmp,
+            fingerprint=self.print,
+            broken_at=state.broken_at,
+            norms=state.norms,
+            next_k=state.next_k,
+            prepared=state.prepared,
+            **extra,
+        )
         tmp.replace(self.dir / CHECKPOINT)
 
     def finish(self) -> None:
@@ -124,8 +143,11 @@ def evaluate(
         fractions = request["perturbation-values"]
         epsilons = [v * (ub - lb) for v in fractions]
         attack = attacks.build(
-            request["attack"], norm=request["norm"], params=request["attack-params"],
-            seed=request["seed"], batch_size=request["batch-size"],
+            request["attack"],
+            norm=request["norm"],
+            params=request["attack-params"],
+            seed=request["seed"],
+            batch_size=request["batch-size"],
         )
         checkpoint = Checkpoint(work_dir, request) if work_dir else None
         resumed = False
@@ -173,7 +195,11 @@ def evaluate(
     }
     if work_dir:
         np.savez_compressed(
-            work_dir / SAMPLES, index=indexes, label=labels, broken_at=state.broken_at, norm=state.norms,
+            work_dir / SAMPLES,
+            index=indexes,
+            label=labels,
+            broken_at=state.broken_at,
+            norm=state.norms,
             **({"min_norm": state.min_norm} if state.min_norm is not None else {}),
         )
         checkpoint.finish()

@@ -54,8 +54,7 @@ def inspect_model(path: Path, *, allow_external_data: bool = False) -> dict[str,
             continue
         if not allow_external_data:
             raise InvalidFileError(
-                "models with external data are not accepted on upload; "
-                "save the model as one self-contained .onnx file"
+                "models with external data are not accepted on upload; save the model as one self-contained .onnx file"
             )
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (base / location).resolve()

@@ -93,13 +93,18 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         model_path = storage.resolve_user_path(resolved["model"]["path"])
         dataset_path = storage.resolve_user_path(resolved["dataset"]["path"])
         output = evaluate(
-            rec["request"], model_path, dataset_path,
+            rec["request"],
+            model_path,
+            dataset_path,
             work_dir=storage.job_dir(job_id),
             progress=_throttled_progress(records, job_id),
             should_stop=lease.canceled.is_set,
         )
         output["model"] = {"id": resolved["model"]["id"], "sha256": resolved["model"]["sha256"] or sha256_file(model_path)}
-        output["dataset"] = {"id": resolved["dataset"]["id"], "sha256": resolved["dataset"]["sha256"] or sha256_file(dataset_path)}
+        output["dataset"] = {
+            "id": resolved["dataset"]["id"],
+            "sha256": resolved["dataset"]["sha256"] or sha256_file(dataset_path),
+        }
         output["job_id"] = job_id
         output["attempt"] = attempt
         if records.evaluation(job_id) is None:
@@ -115,8 +120,12 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         return None
     except JobTimeoutException:
         timeout = Config.from_env().job_timeout
-        records.set_status(job_id, "failed", error=f"the evaluation ran past the job timeout ({timeout} s, JOB_TIMEOUT); "
-                           "use evaluation-mode 'fast', fewer perturbation-values or fewer steps")
+        records.set_status(
+            job_id,
+            "failed",
+            error=f"the evaluation ran past the job timeout ({timeout} s, JOB_TIMEOUT); "
+            "use evaluation-mode 'fast', fewer perturbation-values or fewer steps",
+        )
         return None
     except MemoryError:
         records.set_status(job_id, "failed", error="out of memory: lower batch-size or use evaluation-mode 'fast'")

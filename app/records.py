@@ -1,6 +1,6 @@
 """Durable records in Redis: evaluations, their curves, uploaded models and datasets.
 
-Key layout (prefix ``secev`` by default; nothing here has an expiry)::
+Key layout (prefix ``secev`` by default; nothing but the scan cache expires)::
 
     secev:evaluation:<id>    hash   status, owner, request (JSON), created/started/ended
                                     timestamps, error, details, progress-done/-total, attempt
@@ -8,6 +8,7 @@ Key layout (prefix ``secev`` by default; nothing here has an expiry)::
     secev:active             set    ids of evaluations that are queued or started
     secev:result:<id>        string the finished output (JSON), written once
     secev:lease:<id>         string the worker holding a running job; expires unless renewed
+    secev:scan:<hash>        string cached scan of a dataset named by path (the one key with a TTL)
     secev:model:<id>         string model description (JSON); same for dataset:<id>
     secev:models             zset   model ids by upload time; same for datasets
 

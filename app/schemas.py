@@ -34,9 +34,21 @@ ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
 
 REQUEST_FIELDS = (
-    "trained-model", "dataset", "perturbation-values", "perturbation-type", "attack", "norm",
-    "attack-params", "evaluation-mode", "indexes", "preprocessing", "input-bounds",
-    "performance-metric", "task", "batch-size", "seed",
+    "trained-model",
+    "dataset",
+    "perturbation-values",
+    "perturbation-type",
+    "attack",
+    "norm",
+    "attack-params",
+    "evaluation-mode",
+    "indexes",
+    "preprocessing",
+    "input-bounds",
+    "performance-metric",
+    "task",
+    "batch-size",
+    "seed",
 )
 
 
@@ -149,9 +161,7 @@ def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
         "trained-model": _string("trained-model", body.get("trained-model")),
         "dataset": _string("dataset", body.get("dataset")),
     }
-    req["perturbation-values"] = perturbation_values(
-        body.get("perturbation-values", DEFAULT_PERTURBATION_VALUES), max_values
-    )
+    req["perturbation-values"] = perturbation_values(body.get("perturbation-values", DEFAULT_PERTURBATION_VALUES), max_values)
     req["perturbation-type"] = _choice("perturbation-type", body.get("perturbation-type", "max-norm"), ("max-norm", "random"))
     attack = _choice("attack", body.get("attack", "pgd"), ATTACKS)
     if req["perturbation-type"] == "random":

@@ -11,8 +11,8 @@ from rq.serializers import JSONSerializer
 from . import queue as jobqueue
 from .config import Config
 from .extensions import connect
-from .recovery import Recovery
 from .records import Records
+from .recovery import Recovery
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, request, url_for
@@ -41,10 +44,24 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
     if path.suffix.lower() not in suffixes:
         raise ValidationError(f"{field}: {kind} files must end in {' or '.join(suffixes)}", details={"field": field})
     try:
-        info = inspect_model(path, allow_external_data=True) if kind == "model" else inspect_dataset(path, scan=False)
+        info = inspect_model(path, allow_external_data=True) if kind == "model" else _scanned_dataset(path)
     except InvalidFileError as exc:
         raise ValidationError(f"{field}: {exc.message}", details={"field": field, "problem": exc.details}) from None
     return {"id": ref, "sha256": None, "path": str(path.relative_to(storage.root)), "info": info}
+
+
+def _scanned_dataset(path: Path) -> dict[str, Any]:
+    """A full scan (NaN, labels, value range), cached by path, size and mtime: files named
+    in the data directory are re-checked only when they change."""
+    st = path.stat()
+    records = get_records()
+    key = records.key("scan", hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest())
+    cached = records.redis.get(key)
+    if cached:
+        return json.loads(cached)
+    info = inspect_dataset(path)
+    records.redis.set(key, json.dumps(info), ex=7 * 24 * 3600)
+    return info
 
 
 def _check_quota() -> None:
@@ -53,7 +70,7 @@ def _check_quota() -> None:
         return
     records, me = get_records(), auth.tenant()
     active = 0
-    for job_id in records.evaluation_ids():
+    for job_id in records.active_ids():
         rec = records.evaluation(job_id)
         if rec and rec["owner"] == me and rec["job-status"] not in TERMINAL:
             active += 1

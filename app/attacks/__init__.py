@@ -18,7 +18,21 @@ from .pgd import PGD
 
 ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "apgd": APGD, "fmn": FMN, "auto": Auto, "noise": Noise}
 
-__all__ = ["APGD", "ATTACKS", "ArraySource", "Attack", "Auto", "FGSM", "FMN", "Hooks", "Noise", "PGD", "StopRequested", "SweepState", "build"]
+__all__ = [
+    "APGD",
+    "ATTACKS",
+    "ArraySource",
+    "Attack",
+    "Auto",
+    "FGSM",
+    "FMN",
+    "Hooks",
+    "Noise",
+    "PGD",
+    "StopRequested",
+    "SweepState",
+    "build",
+]
 
 
 def build(name: str, *, norm: str, params: dict[str, Any], seed: int = 0, batch_size: int = 128, autocast: bool = True) -> Attack:

@@ -32,7 +32,16 @@ def checkpoints(steps: int) -> list[int]:
 class APGD(Attack):
     name = "apgd"
 
-    def __init__(self, *, norm: str = "linf", steps: int = 100, restarts: int = 1, loss: str = "ce", n_target_classes: int = 9, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        loss: str = "ce",
+        n_target_classes: int = 9,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(norm=norm, **kwargs)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}")
@@ -72,7 +81,18 @@ class APGD(Attack):
                 self.run(ctx, x[idx], y[idx], tgt, eps, idx, delta, best, loss_fn)
         return best.delta, best.success
 
-    def run(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, eps: float, idx: torch.Tensor, delta: torch.Tensor, best: Best, loss_fn) -> None:
+    def run(
+        self,
+        ctx: Context,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        eps: float,
+        idx: torch.Tensor,
+        delta: torch.Tensor,
+        best: Best,
+        loss_fn,
+    ) -> None:
         checks = set(checkpoints(self.steps))
         n = len(idx)
         dev = x.device

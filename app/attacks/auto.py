@@ -22,7 +22,9 @@ from .fmn import FMN
 class Auto(FMN):
     name = "auto"
 
-    def __init__(self, *, norm: str = "linf", fmn_steps: int = 200, apgd_steps: int = 100, n_target_classes: int = 3, **kwargs: Any) -> None:
+    def __init__(
+        self, *, norm: str = "linf", fmn_steps: int = 200, apgd_steps: int = 100, n_target_classes: int = 3, **kwargs: Any
+    ) -> None:
         super().__init__(norm=norm, steps=fmn_steps, **kwargs)
         self.apgd_steps, self.n_target_classes = apgd_steps, n_target_classes
         common = {"norm": norm, "steps": apgd_steps, "seed": self.seed, "autocast": self.autocast}

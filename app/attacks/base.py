@@ -12,8 +12,9 @@ one epsilon on one batch.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -79,7 +80,9 @@ def random_on_sphere(like: torch.Tensor, eps: float, norm: str, generator: torch
 
 # -- verification -------------------------------------------------------------
 @torch.no_grad()
-def verify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, eps: float, bounds: Bounds, norm: str) -> torch.Tensor:
+def verify(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, eps: float, bounds: Bounds, norm: str
+) -> torch.Tensor:
     """Which perturbations really break the model: fp32, inside the bounds and the ball."""
     delta = delta.float()
     adv = x + delta
@@ -163,9 +166,7 @@ class Context:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Forward for the attack's own steps: bf16 autocast on GPU when enabled."""
         ctx = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-            if self.autocast and x.is_cuda
-            else contextlib.nullcontext()
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.autocast and x.is_cuda else contextlib.nullcontext()
         )
         with ctx:
             return self.model(x).float()
@@ -195,7 +196,9 @@ class Attack:
 
     # One epsilon, one batch: return (delta, success) where success marks samples
     # for which delta was seen to be adversarial. The base class re-checks it.
-    def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def perturb(
+        self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def generator(self, device: torch.device, k: int, first: int) -> torch.Generator:
@@ -214,7 +217,9 @@ class Attack:
             xt = xt.contiguous(memory_format=torch.channels_last)
         return xt, torch.from_numpy(np.asarray(y)).to(device)
 
-    def clean_pass(self, model: nn.Module, source: Source, state: SweepState, device: torch.device, hooks: Hooks, total: int) -> None:
+    def clean_pass(
+        self, model: nn.Module, source: Source, state: SweepState, device: torch.device, hooks: Hooks, total: int
+    ) -> None:
         """Epsilon 0: misclassified samples are broken before any attack."""
         done = 0
         for pos in self._batches(np.arange(len(source))):
@@ -290,7 +295,16 @@ class Attack:
             hooks.after_epsilon(k, state)
         return state
 
-    def prepare(self, model: nn.Module, source: Source, epsilons: list[float], bounds: Bounds, state: SweepState, hooks: Hooks, device: torch.device) -> None:
+    def prepare(
+        self,
+        model: nn.Module,
+        source: Source,
+        epsilons: list[float],
+        bounds: Bounds,
+        state: SweepState,
+        hooks: Hooks,
+        device: torch.device,
+    ) -> None:
         """Work done once before the epsilon loop (a minimal-norm pre-stage, say)."""
 
     def for_each_standing(self, source: Source, state: SweepState, n_eps: int, device: torch.device, hooks: Hooks, fn) -> None:

@@ -36,8 +36,16 @@ DUAL = {"linf": 1, "l2": 2}
 
 
 def minimal_norm(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, bounds: Bounds, steps: int = 200,
-    step_size: float = 1.0, gamma: float = 0.05, logits=None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    bounds: Bounds,
+    steps: int = 200,
+    step_size: float = 1.0,
+    gamma: float = 0.05,
+    logits=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: the smallest adversarial perturbation found and its norm (inf when none)."""
     forward = logits or model
@@ -84,14 +92,25 @@ class FMN(Attack):
     name = "fmn"
     prepare_weight = 1
 
-    def __init__(self, *, norm: str = "linf", steps: int = 200, step_size: float = 1.0, gamma: float = 0.05, **kwargs: Any) -> None:
+    def __init__(
+        self, *, norm: str = "linf", steps: int = 200, step_size: float = 1.0, gamma: float = 0.05, **kwargs: Any
+    ) -> None:
         super().__init__(norm=norm, **kwargs)
         self.steps, self.step_size, self.gamma = steps, step_size, gamma
 
     def params(self) -> dict[str, Any]:
         return {"steps": self.steps, "step_size": self.step_size, "gamma": self.gamma}
 
-    def prepare(self, model: nn.Module, source: Source, epsilons: list[float], bounds: Bounds, state: SweepState, hooks: Hooks, device: torch.device) -> None:
+    def prepare(
+        self,
+        model: nn.Module,
+        source: Source,
+        epsilons: list[float],
+        bounds: Bounds,
+        state: SweepState,
+        hooks: Hooks,
+        device: torch.device,
+    ) -> None:
         """Run the minimal-norm search once; the epsilon loop then only checks each threshold."""
         state.anchor = np.zeros_like(state.delta)
         state.min_norm = np.full(len(state.broken_at), np.inf, dtype=np.float32)
@@ -99,8 +118,15 @@ class FMN(Attack):
         def run(pos: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
             ctx = Context(model, bounds, self.generator(device, 0, int(pos[0])), self.autocast)
             best, norms = minimal_norm(
-                model, x, y, norm=self.norm, bounds=bounds, steps=self.steps, step_size=self.step_size,
-                gamma=self.gamma, logits=ctx.logits,
+                model,
+                x,
+                y,
+                norm=self.norm,
+                bounds=bounds,
+                steps=self.steps,
+                step_size=self.step_size,
+                gamma=self.gamma,
+                logits=ctx.logits,
             )
             state.anchor[pos] = best.cpu().numpy()
             state.min_norm[pos] = norms.cpu().numpy()

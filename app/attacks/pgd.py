@@ -52,7 +52,9 @@ class PGD(Attack):
             self.descend(ctx, x, y, eps, idx, delta, best)
         return best.delta, best.success
 
-    def descend(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, idx: torch.Tensor, delta: torch.Tensor, best: Best) -> None:
+    def descend(
+        self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, idx: torch.Tensor, delta: torch.Tensor, best: Best
+    ) -> None:
         alpha = self.step_size * eps
         xa, ya = x[idx], y[idx]
         for step in range(self.steps + 1):

