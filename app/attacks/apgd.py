@@ -9,7 +9,6 @@ wrong classes (each target is a restart for the samples still standing).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -22,11 +21,15 @@ MOMENTUM = 0.75
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The iterations where APGD checks progress: p_0=0, p_1=0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(v * steps) for v in p[1:] if v <= 1})
+    """The iterations where APGD checks progress: p_0=0, p_1=0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
+    in the reference implementation's integer arithmetic (so 100 steps give 22, 41, 57, ...)."""
+    length, shortest, shrink = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    out, at = [], length
+    while at <= steps:
+        out.append(at)
+        length = max(length - shrink, shortest)
+        at += length
+    return out
 
 
 class APGD(Attack):

@@ -1,0 +1,156 @@
+"""The attack engine: geometry, monotone curves, strength ordering, closed forms, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from app import schemas
+from app.assets import export_onnx
+from app.attacks import ATTACKS, ArraySource, build
+from app.attacks.apgd import checkpoints
+from app.attacks.base import lp_norm
+from app.models import load_onnx
+
+SMALL = {
+    "fgsm": {},
+    "pgd": {"steps": 20, "step-size": 0.1, "random-start": True, "restarts": 1},
+    "apgd": {"steps": 20, "restarts": 1, "loss": "ce", "n-target-classes": 3},
+    "fmn": {"steps": 60, "step-size": 1.0, "gamma": 0.05},
+    "auto": {"fmn-steps": 60, "apgd-steps": 20, "n-target-classes": 2},
+    "noise": {"restarts": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cnn(assets):
+    model, _ = load_onnx(assets.model)
+    return model, assets.x[:48], assets.y[:48]
+
+
+def scaled(eps, norm):
+    return eps if norm == "linf" else [4 * e for e in eps]
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_adversarials_stay_in_ball_and_bounds_and_curve_is_monotone(cnn, name, norm):
+    model, x, y = cnn
+    eps = scaled([0.0, 0.05, 0.1, 0.2] if name != "noise" else [0.0, 0.15, 0.3, 0.6], norm)
+    attack = build(name, norm=norm, params=SMALL[name], batch_size=16)
+    state = attack.sweep(model, ArraySource(x, y), eps, (0.0, 1.0))
+    acc = state.accuracy(len(eps))
+    with torch.no_grad():
+        clean = float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    assert acc[0] == pytest.approx(clean)
+    assert all(b <= a for a, b in zip(acc, acc[1:]))
+    broken = np.flatnonzero((state.broken_at > 0) & (state.broken_at < len(eps)))
+    assert len(broken) > 0
+    delta = torch.from_numpy(np.asarray(state.delta[broken]))
+    adv = torch.from_numpy(x[broken]) + delta
+    assert adv.min() >= -1e-6 and adv.max() <= 1 + 1e-6
+    budgets = torch.tensor([eps[k] for k in state.broken_at[broken]], dtype=torch.float32)
+    assert (lp_norm(delta, norm) <= budgets * (1 + 1e-5) + 1e-6).all()
+    with torch.no_grad():
+        assert (model(adv).argmax(1).numpy() != y[broken]).all()
+
+
+def test_fgsm_is_never_stronger_than_pgd(cnn):
+    model, x, y = cnn
+    eps = [0.0, 0.03, 0.06, 0.1, 0.15]
+    fgsm = build("fgsm", norm="linf", params={}).sweep(model, ArraySource(x, y), eps, (0.0, 1.0)).accuracy(len(eps))
+    pgd = build("pgd", norm="linf", params=SMALL["pgd"]).sweep(model, ArraySource(x, y), eps, (0.0, 1.0)).accuracy(len(eps))
+    assert all(f >= p for f, p in zip(fgsm, pgd)) and sum(fgsm) > sum(pgd)
+
+
+def test_same_seed_same_curve(cnn):
+    model, x, y = cnn
+    eps = [0.0, 0.05, 0.1]
+    runs = [
+        build("pgd", norm="linf", params=SMALL["pgd"], seed=7).sweep(model, ArraySource(x, y), eps, (0.0, 1.0)) for _ in range(2)
+    ]
+    assert runs[0].accuracy(3) == runs[1].accuracy(3)
+    assert np.array_equal(runs[0].broken_at, runs[1].broken_at)
+    assert np.allclose(runs[0].delta, runs[1].delta)
+
+
+WIDE = (-10.0, 10.0)
+
+
+def linear_softmax(tmp_path, n_classes: int, seed: int):
+    """A linear softmax classifier exported to ONNX and loaded back as the service would."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(20, n_classes), nn.Softmax(dim=1))
+    path = export_onnx(net, (1, 4, 5), tmp_path / f"linear{n_classes}.onnx")
+    model, notes = load_onnx(path)
+    assert notes["softmax-removed"]
+    x = torch.rand(160, 1, 4, 5) * 0.4 + 0.3
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, net[1].weight.detach(), x, y
+
+
+def closed_form_min_norm(model, w, x, y, norm: str) -> np.ndarray:
+    """For logits z = Wx + b: min over j of (z_y - z_j) / ||w_y - w_j||_dual, with input bounds too wide to bind."""
+    with torch.no_grad():
+        z = model(x)
+    dual = 1 if norm == "linf" else 2
+    dist = (w[y][:, None, :] - w[None, :, :]).norm(p=dual, dim=2)
+    r = (z.gather(1, y[:, None]) - z) / dist.clamp_min(1e-12)
+    r[torch.arange(len(y)), y] = float("inf")
+    return r.min(1).values.numpy()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fmn_finds_the_closed_form_minimal_norm_and_auto_breaks_all_below_it(tmp_path, norm):
+    model, w, x, y = linear_softmax(tmp_path, 10, seed=1)
+    exact = closed_form_min_norm(model, w, x, y, norm)
+    eps = sorted({0.0, *np.quantile(exact, [0.1, 0.3, 0.5, 0.7, 0.9]).tolist()})
+    fmn = build("fmn", norm=norm, params=schemas.ATTACK_PARAMETERS["fmn"])
+    state = fmn.sweep(model, ArraySource(x, y), eps, WIDE)
+    ratio = state.min_norm / exact
+    assert np.all(ratio >= 1 - 1e-3), "no perturbation can be smaller than the closed form"
+    assert np.median(ratio) < 1.01 and np.mean(ratio < 1.05) >= 0.9
+    auto = build("auto", norm=norm, params=schemas.ATTACK_PARAMETERS["auto"]).sweep(model, ArraySource(x, y), eps, WIDE)
+    for k, e in enumerate(eps[1:], start=1):
+        should_break = exact < e * 0.999
+        assert np.all(auto.broken_at[should_break] <= k)
+        assert np.all(auto.broken_at[exact > e * 1.001] > k), "a sample beyond its minimal norm cannot be broken"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_breaks_every_sample_whose_minimal_norm_is_below_epsilon(tmp_path, norm):
+    # Two classes: the cross-entropy gradient points straight at the only boundary.
+    model, w, x, y = linear_softmax(tmp_path, 2, seed=2)
+    exact = closed_form_min_norm(model, w, x, y, norm)
+    eps = sorted({0.0, *np.quantile(exact, [0.2, 0.5, 0.8]).tolist()})
+    state = build("pgd", norm=norm, params=schemas.ATTACK_PARAMETERS["pgd"]).sweep(model, ArraySource(x, y), eps, WIDE)
+    for k, e in enumerate(eps[1:], start=1):
+        assert np.all(state.broken_at[exact < e * 0.999] <= k)
+        assert np.all(state.broken_at[exact > e * 1.001] > k), "a sample beyond its minimal norm cannot be broken"
+
+
+def test_softmax_models_are_attacked_on_logits(tmp_path):
+    model, _, x, y = linear_softmax(tmp_path, 10, seed=3)
+    x = x.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert grad.abs().max() > 1e-4
+
+
+def test_model_parameters_take_no_gradient(cnn):
+    model, _, _ = cnn
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_api_defaults_match_the_attack_classes():
+    for name, params in schemas.ATTACK_PARAMETERS.items():
+        attack = build(name, norm="linf", params=params)
+        assert isinstance(attack, ATTACKS[name])
+        assert repr(attack).startswith(type(attack).__name__ + "(norm='linf'")
