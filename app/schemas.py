@@ -26,12 +26,12 @@ MAX_STEPS = 10_000
 ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
     "fgsm": {},
     "pgd": {"steps": 50, "step-size": 0.1, "random-start": True, "restarts": 1},
-    "apgd": {"steps": 100, "restarts": 1, "loss": "ce", "n-target-classes": 9},
+    "apgd": {"steps": 100, "restarts": 1, "loss": "ce+dlr-targeted", "n-target-classes": 9},
     "fmn": {"steps": 200, "step-size": 1.0, "gamma": 0.05},
     "auto": {"fmn-steps": 200, "apgd-steps": 100, "n-target-classes": 3},
     "noise": {"restarts": 1},
 }
-APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted", "ce+dlr-targeted")
 
 REQUEST_FIELDS = (
     "trained-model",

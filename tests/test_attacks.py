@@ -17,7 +17,7 @@ from app.models import load_onnx
 SMALL = {
     "fgsm": {},
     "pgd": {"steps": 20, "step-size": 0.1, "random-start": True, "restarts": 1},
-    "apgd": {"steps": 20, "restarts": 1, "loss": "ce", "n-target-classes": 3},
+    "apgd": {"steps": 20, "restarts": 1, "loss": "ce+dlr-targeted", "n-target-classes": 3},
     "fmn": {"steps": 60, "step-size": 1.0, "gamma": 0.05},
     "auto": {"fmn-steps": 60, "apgd-steps": 20, "n-target-classes": 2},
     "noise": {"restarts": 2},

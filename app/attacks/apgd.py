@@ -4,7 +4,9 @@ with an ensemble of diverse parameter-free attacks", ICML 2020); L-inf or L2.
 The step size starts at 2 epsilon and halves at checkpoints where the loss
 stopped improving, restarting from the best point; steps use momentum 0.75.
 Losses: cross-entropy, DLR, or targeted DLR over the top ``n_target_classes``
-wrong classes (each target is a restart for the samples still standing).
+wrong classes (each target is a restart for the samples still standing); the
+default runs cross-entropy, then targeted DLR on what is left (AutoAttack's
+first two attacks).
 """
 
 from __future__ import annotations
@@ -41,40 +43,44 @@ class APGD(Attack):
         norm: str = "linf",
         steps: int = 100,
         restarts: int = 1,
-        loss: str = "ce",
+        loss: str = "ce+dlr-targeted",
         n_target_classes: int = 9,
         **kwargs: Any,
     ) -> None:
         super().__init__(norm=norm, **kwargs)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}")
+        if any(part not in LOSSES for part in loss.split("+")):
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, or several joined by '+'")
         self.steps, self.restarts, self.loss, self.n_target_classes = steps, restarts, loss, n_target_classes
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": self.steps, "restarts": self.restarts, "loss": self.loss}
-        if self.loss == "dlr-targeted":
+        if "dlr-targeted" in self.loss:
             out["n_target_classes"] = self.n_target_classes
         return out
 
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
         best = Best(init if init is not None else torch.zeros_like(x))
+        with torch.no_grad():
+            clean_logits = ctx.logits(x)
+        for loss_name in self.loss.split("+"):
+            self.stage(ctx, x, y, eps, init, best, loss_name, clean_logits)
+        return best.delta, best.success
+
+    def stage(self, ctx: Context, x, y, eps: float, init, best: Best, loss_name: str, clean_logits: torch.Tensor) -> None:
+        """One loss: restarts (and, for targeted DLR, one run per target) on the samples still standing."""
+        n_classes = clean_logits.shape[1]
         targets: list[torch.Tensor | None] = [None]
-        loss_name = self.loss
-        if loss_name in ("dlr", "dlr-targeted"):
-            with torch.no_grad():
-                logits = ctx.logits(x)
-            n_classes = logits.shape[1]
-            if loss_name == "dlr-targeted" and n_classes < 4 or loss_name == "dlr" and n_classes < 3:
-                loss_name = "ce"  # DLR's denominator needs that many classes
-            elif loss_name == "dlr-targeted":
-                ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
-                targets = [ranked[:, t] for t in range(min(self.n_target_classes, n_classes - 1))]
+        if loss_name == "dlr-targeted" and n_classes < 4 or loss_name == "dlr" and n_classes < 3:
+            loss_name = "ce"  # DLR's denominator needs that many classes
+        elif loss_name == "dlr-targeted":
+            ranked = clean_logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+            targets = [ranked[:, t] for t in range(min(self.n_target_classes, n_classes - 1))]
         loss_fn = LOSSES[loss_name]
         for target in targets:
             for restart in range(self.restarts):
                 idx = best.standing()
                 if len(idx) == 0:
-                    return best.delta, best.success
+                    return
                 if restart == 0 and is_warm(init):
                     start = best.delta[idx]
                 else:
@@ -82,7 +88,6 @@ class APGD(Attack):
                 delta = clip_to_bounds(x[idx], project(start, eps, self.norm), ctx.bounds)
                 tgt = None if target is None else target[idx]
                 self.run(ctx, x[idx], y[idx], tgt, eps, idx, delta, best, loss_fn)
-        return best.delta, best.success
 
     def run(
         self,

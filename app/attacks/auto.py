@@ -27,22 +27,17 @@ class Auto(FMN):
     ) -> None:
         super().__init__(norm=norm, steps=fmn_steps, **kwargs)
         self.apgd_steps, self.n_target_classes = apgd_steps, n_target_classes
-        common = {"norm": norm, "steps": apgd_steps, "seed": self.seed, "autocast": self.autocast}
-        self.stages = [APGD(loss="ce", **common), APGD(loss="dlr-targeted", n_target_classes=n_target_classes, **common)]
+        self.apgd = APGD(
+            norm=norm,
+            steps=apgd_steps,
+            loss="ce+dlr-targeted",
+            n_target_classes=n_target_classes,
+            seed=self.seed,
+            autocast=self.autocast,
+        )
 
     def params(self) -> dict[str, Any]:
         return {"fmn_steps": self.steps, "apgd_steps": self.apgd_steps, "n_target_classes": self.n_target_classes}
 
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
-        start = project(ctx.extra["anchor"], eps, self.norm)
-        delta = start
-        success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for stage in self.stages:
-            idx = (~success).nonzero().squeeze(1)
-            if len(idx) == 0:
-                break
-            d, ok = stage.perturb(ctx, x[idx], y[idx], eps, delta[idx])
-            delta = delta.clone()
-            delta[idx] = d
-            success[idx] = ok
-        return delta, success
+        return self.apgd.perturb(ctx, x, y, eps, project(ctx.extra["anchor"], eps, self.norm))

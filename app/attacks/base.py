@@ -1,12 +1,17 @@
-"""The attack base class: it owns the sweep over ascending epsilons.
+"""The attack base class: it owns the sweep over the epsilons.
 
-A sweep attacks each sample at the smallest epsilon first. A sample broken at
-epsilon k counts as broken at every larger epsilon (its adversarial lies inside
-every larger ball) and is not attacked again; a sample still standing carries
-its best perturbation (highest loss) into the next epsilon as a warm start.
-Every adversarial that is counted is re-checked in fp32 on the real model,
-inside the input bounds and the epsilon ball. Subclasses implement ``perturb``,
-one epsilon on one batch.
+The curve's semantics: a sample broken at epsilon k counts as broken at every
+larger epsilon (its adversarial lies inside every larger ball), so accuracy is
+non-increasing by construction. The sweep visits the epsilons from the largest
+down. A sample the attack cannot break at epsilon k resisted inside a ball that
+contains every smaller one, so it is not attacked again: each sample pays for at
+most one failed (full-budget) attack, however many epsilons are asked for, where
+an ascending sweep pays the full budget at every epsilon below the one that
+breaks it. A sample broken at epsilon k + 1 is attacked at epsilon k starting
+from that adversarial projected into the smaller ball (a warm start that often
+succeeds at once). Every adversarial that is counted is re-checked in fp32 on
+the real model, inside the input bounds and the epsilon ball. Subclasses
+implement ``perturb``: one epsilon on one batch.
 """
 
 from __future__ import annotations
@@ -177,6 +182,7 @@ class Attack:
 
     name = "attack"
     prepare_weight = 0  # how many epsilons' worth of work ``prepare`` does, for progress
+    pool_batches = 1  # how many batches one ``perturb`` call receives (an attack that refills its pool takes more)
 
     def __init__(self, *, norm: str = "linf", seed: int = 0, batch_size: int = 128, autocast: bool = True) -> None:
         if norm not in NORMS:
@@ -207,8 +213,9 @@ class Attack:
         g.manual_seed((self.seed * 1_000_003 + k * 10_007 + first) % (2**63))
         return g
 
-    def _batches(self, positions: np.ndarray) -> list[np.ndarray]:
-        return [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+    def _batches(self, positions: np.ndarray, factor: int = 1) -> list[np.ndarray]:
+        size = self.batch_size * factor
+        return [positions[i : i + size] for i in range(0, len(positions), size)]
 
     def _load(self, source: Source, pos: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = source.read(pos)
@@ -244,7 +251,7 @@ class Attack:
         hooks: Hooks | None = None,
         device: torch.device | None = None,
     ) -> SweepState:
-        """Attack every sample at ascending absolute ``epsilons`` (the first must be 0)."""
+        """Attack every sample over the absolute ``epsilons`` (ascending from 0; visited from the largest down)."""
         if not epsilons or epsilons[0] != 0 or any(b <= a for a, b in zip(epsilons, epsilons[1:])):
             raise ValueError("epsilons must ascend strictly from 0")
         hooks = hooks or Hooks()
@@ -261,39 +268,48 @@ class Attack:
         if not state.prepared:
             self.prepare(model, source, epsilons, bounds, state, hooks, device)
             state.prepared = True
-        for k in range(state.next_k, n_eps):
+        # Pass p attacks epsilon index k = n_eps - p: the largest first, then downwards.
+        for p in range(state.next_k, n_eps):
+            k = n_eps - p
             eps = float(epsilons[k])
-            standing = np.flatnonzero(state.broken_at == n_eps)
-            done = (k + self.prepare_weight) * n + (n - len(standing))
-            for pos in self._batches(standing):
+            # Candidates at k: broken at the next larger epsilon (or, at the top, never broken).
+            # A sample that resisted at k + 1 resisted inside a larger ball: it is not attacked again.
+            candidates = np.flatnonzero(state.broken_at == k + 1)
+            done = (p + self.prepare_weight) * n - len(candidates)
+            for pos in self._batches(candidates, self.pool_batches):
                 x, y = self._load(source, pos, device)
-                init = torch.from_numpy(state.delta[pos]).to(device)
-                ctx = Context(model, bounds, self.generator(device, k, int(pos[0])), self.autocast)
-                if state.anchor is not None:
-                    ctx.extra["anchor"] = torch.from_numpy(state.anchor[pos]).to(device)
-                delta, claimed = self.perturb(ctx, x, y, eps, init)
-                delta = clip_to_bounds(x, project(delta.float(), eps, self.norm), bounds)
-                ok = verify(model, x, y, delta, eps, bounds, self.norm)
-                retry = claimed & ~ok
-                if ctx.autocast and x.is_cuda and bool(retry.any()):
-                    # A bf16 "success" the fp32 check refused: attack those samples again in fp32.
-                    sub = retry.nonzero().squeeze(1)
-                    fp32 = Context(model, bounds, ctx.generator, False, {k: v[sub] for k, v in ctx.extra.items()})
-                    d2, _ = self.perturb(fp32, x[sub], y[sub], eps, delta[sub])
-                    d2 = clip_to_bounds(x[sub], project(d2.float(), eps, self.norm), bounds)
-                    delta[sub] = d2
-                    ok[sub] = verify(model, x[sub], y[sub], d2, eps, bounds, self.norm)
-                ok = ok.cpu().numpy()
-                state.delta[pos] = delta.detach().cpu().numpy()
+                delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k)
+                won = torch.from_numpy(ok).to(device)
+                state.delta[pos[ok]] = delta[won].detach().cpu().numpy()
                 state.broken_at[pos[ok]] = k
-                state.norms[pos[ok]] = lp_norm(delta[torch.from_numpy(ok).to(device)], self.norm).cpu().numpy()
+                state.norms[pos[ok]] = lp_norm(delta[won], self.norm).cpu().numpy()
                 done += len(pos)
                 hooks.progress(done, total)
                 if hooks.should_stop():
                     raise StopRequested
-            state.next_k = k + 1
+            state.next_k = p + 1
             hooks.after_epsilon(k, state)
         return state
+
+    def _attack_batch(self, model, x, y, eps, bounds, state, pos, device, k) -> tuple[torch.Tensor, np.ndarray]:
+        """One batch at one epsilon: perturb, project, and re-check in fp32 what counts."""
+        init = torch.from_numpy(np.asarray(state.delta[pos])).to(device)
+        ctx = Context(model, bounds, self.generator(device, k, int(pos[0])), self.autocast)
+        if state.anchor is not None:
+            ctx.extra["anchor"] = torch.from_numpy(state.anchor[pos]).to(device)
+        delta, claimed = self.perturb(ctx, x, y, eps, init)
+        delta = clip_to_bounds(x, project(delta.float(), eps, self.norm), bounds)
+        ok = verify(model, x, y, delta, eps, bounds, self.norm)
+        retry = claimed & ~ok
+        if ctx.autocast and x.is_cuda and bool(retry.any()):
+            # A bf16 "success" the fp32 check refused: attack those samples again in fp32.
+            sub = retry.nonzero().squeeze(1)
+            fp32 = Context(model, bounds, ctx.generator, False, {name: v[sub] for name, v in ctx.extra.items()})
+            d2, _ = self.perturb(fp32, x[sub], y[sub], eps, delta[sub])
+            d2 = clip_to_bounds(x[sub], project(d2.float(), eps, self.norm), bounds)
+            delta[sub] = d2
+            ok[sub] = verify(model, x[sub], y[sub], d2, eps, bounds, self.norm)
+        return delta, ok.cpu().numpy()
 
     def prepare(
         self,

@@ -1,7 +1,8 @@
 """PGD: Projected Gradient Descent (Madry et al., 2018); L-inf or L2, with random start and restarts.
 
 Samples leave the batch the step they are broken (checked on the same forward
-pass that gives the gradient), so a step costs only what is still standing.
+pass that gives the gradient) and queued samples take their places, so a step
+costs a full batch of useful work.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Best, Context, clip_to_bounds, is_warm, project, random_in_ball, steepest_direction
+from .base import Attack, Context, clip_to_bounds, project, random_in_ball, steepest_direction
 from .losses import LOSSES
 
 
 class PGD(Attack):
     name = "pgd"
+    pool_batches = 8  # a perturb call gets up to 8 batches and keeps one batch in flight
 
     def __init__(
         self,
@@ -37,39 +39,67 @@ class PGD(Attack):
         return {"steps": self.steps, "step_size": self.step_size, "random_start": self.random_start, "restarts": self.restarts}
 
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
-        best = Best(init if init is not None else torch.zeros_like(x))
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        out = init.clone() if init is not None else torch.zeros_like(x)
         for restart in range(self.restarts):
-            idx = best.standing()
-            if len(idx) == 0:
+            queue = (~found).nonzero().squeeze(1)
+            if len(queue) == 0:
                 break
-            if restart == 0 and is_warm(init):
-                start = init[idx]
-            elif self.random_start:
-                start = random_in_ball(x[idx], eps, self.norm, ctx.generator)
-            else:
-                start = torch.zeros_like(x[idx])
-            delta = clip_to_bounds(x[idx], project(start, eps, self.norm), ctx.bounds)
-            self.descend(ctx, x, y, eps, idx, delta, best)
-        return best.delta, best.success
+            self.descend(ctx, x, y, eps, queue, init if restart == 0 else None, found, out)
+        return out, found
+
+    def start(self, ctx: Context, x: torch.Tensor, eps: float, init: torch.Tensor | None) -> torch.Tensor:
+        """Warm rows of ``init`` where given, else a random point of the ball (or zero)."""
+        if self.random_start:
+            s = random_in_ball(x, eps, self.norm, ctx.generator)
+        else:
+            s = torch.zeros_like(x)
+        if init is not None:
+            warm = init.flatten(1).abs().amax(1) > 0
+            s = torch.where(warm.view(-1, *([1] * (x.dim() - 1))), init, s)
+        return clip_to_bounds(x, project(s, eps, self.norm), ctx.bounds)
 
     def descend(
-        self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, idx: torch.Tensor, delta: torch.Tensor, best: Best
+        self,
+        ctx: Context,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float,
+        queue: torch.Tensor,
+        init: torch.Tensor | None,
+        found: torch.Tensor,
+        out: torch.Tensor,
     ) -> None:
+        """PGD over ``queue`` with a pool of at most ``batch_size`` samples: a sample leaves the
+        pool the step it is broken (or its steps run out) and the next queued sample takes its place,
+        so every forward pass runs on a full batch."""
         alpha = self.step_size * eps
-        xa, ya = x[idx], y[idx]
-        for step in range(self.steps + 1):
+        size = self.batch_size
+        idx, pending = queue[:size], queue[size:]
+        delta = self.start(ctx, x[idx], eps, None if init is None else init[idx])
+        taken = torch.zeros(len(idx), dtype=torch.long, device=x.device)
+        while len(idx):
+            xa, ya = x[idx], y[idx]
             delta.requires_grad_(True)
             logits = ctx.logits(xa + delta)
             loss = self.loss_fn(logits, ya)
             adv = logits.argmax(1) != ya
-            best.update(idx, delta, loss.detach(), adv)
-            if step == self.steps:
-                return
-            (grad,) = torch.autograd.grad(loss.sum(), delta)
-            keep = ~adv
-            if not bool(keep.any()):
-                return
-            if not bool(keep.all()):
-                idx, xa, ya, grad, delta = idx[keep], xa[keep], ya[keep], grad[keep], delta[keep]
-            delta = delta.detach() + alpha * steepest_direction(grad, self.norm)
-            delta = clip_to_bounds(xa, project(delta, eps, self.norm), ctx.bounds)
+            keep = ~adv & (taken < self.steps)
+            if bool(keep.any()):
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+            delta = delta.detach()
+            if bool(adv.any()):
+                found[idx[adv]] = True
+                out[idx[adv]] = delta[adv]
+            if bool(keep.any()):
+                step = delta[keep] + alpha * steepest_direction(grad[keep], self.norm)
+                delta = clip_to_bounds(xa[keep], project(step, eps, self.norm), ctx.bounds)
+            else:
+                delta = delta[keep]
+            idx, taken = idx[keep], taken[keep] + 1
+            room = size - len(idx)
+            if room > 0 and len(pending):
+                fresh, pending = pending[:room], pending[room:]
+                start = self.start(ctx, x[fresh], eps, None if init is None else init[fresh])
+                idx, delta = torch.cat([idx, fresh]), torch.cat([delta, start])
+                taken = torch.cat([taken, torch.zeros(len(fresh), dtype=torch.long, device=x.device)])
