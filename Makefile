@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-deps serve worker clean
+.PHONY: demo test lint bench load serve worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 demo: $(VENV)/.runtime  ## install, then run the whole service end to end on the demo model
 	$(BIN)/python -m app demo
 
-test: $(VENV)/.dev  ## install, lint, then run the whole test suite
+test: $(VENV)/.dev  ## install, lint, then run the whole test suite (the slow load test runs with `make load`)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -41,3 +41,6 @@ bench: $(VENV)/.bench  ## side-by-side benchmarks; writes benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) demo-output
+
+load: $(VENV)/.dev  ## the bounded load test: 50 clients, 500 jobs, on loopback
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow -s tests/test_load.py

@@ -21,6 +21,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .config import Config
 
     app = Flask(__name__)
+    app.debug = False  # never the debug server or debugger, whatever FLASK_DEBUG says
     settings = Config.from_env().updated(config)
     app.config["SERVICE"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 2**20 + 2**20

@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from .config import Config
@@ -119,7 +120,8 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         records.set_status(job_id, "failed", error=exc.message, details=exc.details if exc.details is not None else "")
         return None
     except JobTimeoutException:
-        timeout = Config.from_env().job_timeout
+        current = get_current_job()
+        timeout = current.timeout if current is not None else settings.job_timeout
         records.set_status(
             job_id,
             "failed",

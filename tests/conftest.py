@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-import redis
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+
+from app.client import ApiError, Client  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +87,8 @@ def start_worker(redis_url: str, appdata: Path, name: str | None = None, **extra
     args = [sys.executable, str(ROOT / "worker.py"), "--log-level", "WARNING"]
     if name:
         args += ["--name", name]
-    proc = subprocess.Popen(args, cwd=ROOT, env=service_env(redis_url, appdata, **extra))
+    # A session of its own, so a test can SIGKILL the worker and its work-horse together.
+    proc = subprocess.Popen(args, cwd=ROOT, env=service_env(redis_url, appdata, **extra), start_new_session=True)
     conn = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 60
     from rq import Worker
@@ -114,6 +117,27 @@ def worker(redis_server, appdata):
     proc = start_worker(redis_server.url, appdata, name="test-worker")
     yield proc
     stop_process(proc)
+
+
+def start_api(redis_url, appdata, port, **extra) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "app:create_app()"],
+        cwd=ROOT,
+        env=service_env(redis_url, appdata, **extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client(f"http://127.0.0.1:{port}", api_key=extra.get("TEST_KEY"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            client.health()
+            return proc
+        except ApiError:
+            return proc  # it answers (503 while Redis is down)
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start")
 
 
 def wait_status(client, job_id: str, statuses=("finished", "failed", "canceled"), timeout: float = 120) -> dict:

@@ -2,36 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
 import pytest
 
 from app.client import ApiError, Client
 from app.redis_server import RedisServer, free_port
-from conftest import ROOT, service_env, start_worker, stop_process
-
-
-def start_api(redis_url, appdata, port, **extra) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "app:create_app()"],
-        cwd=ROOT,
-        env=service_env(redis_url, appdata, **extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = Client(f"http://127.0.0.1:{port}", api_key=extra.get("TEST_KEY"))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            client.health()
-            return proc
-        except ApiError:
-            return proc  # it answers (503 while Redis is down)
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("gunicorn did not start")
+from conftest import start_api, start_worker, stop_process
 
 
 @pytest.fixture

@@ -15,12 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import evaluations, files, health
+    from . import evaluations, files, health, openapi
 
     app.before_request(auth.authenticate)
     app.register_blueprint(files.bp)
     app.register_blueprint(evaluations.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):

@@ -1,0 +1,108 @@
+"""The OpenAPI 3 description of the API, served at ``/api/openapi.json`` (fuzzed by the tests)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from .. import __version__, schemas
+
+bp = Blueprint("openapi", __name__, url_prefix="/api")
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+JSON_ERROR = {"content": {"application/json": {"schema": ERROR}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(c): {"description": "error", **JSON_ERROR} for c in codes}
+
+
+def _ok(description: str, code: int = 200) -> dict:
+    return {str(code): {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+
+EVALUATION_REQUEST = {
+    "type": "object",
+    "required": ["trained-model", "dataset"],
+    "properties": {
+        "trained-model": {"type": "string"},
+        "dataset": {"type": "string"},
+        "perturbation-values": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "maxItems": 50},
+        "perturbation-type": {"type": "string", "enum": ["max-norm", "random"]},
+        "attack": {"type": "string", "enum": list(schemas.ATTACKS)},
+        "norm": {"type": "string", "enum": list(schemas.NORMS)},
+        "attack-params": {"type": "object"},
+        "evaluation-mode": {"type": "string", "enum": ["complete", "fast"]},
+        "indexes": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "preprocessing": {"type": "object"},
+        "input-bounds": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "performance-metric": {"type": "string", "enum": ["classification-accuracy"]},
+        "task": {"type": "string", "enum": ["classification"]},
+        "batch-size": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_BATCH_SIZE},
+        "seed": {"type": "integer", "minimum": 0},
+    },
+}
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+KIND = {"name": "kind", "in": "path", "required": True, "schema": {"type": "string", "enum": ["models", "datasets"]}}
+UPLOAD = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
+        }
+    },
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "secev security evaluations", "version": __version__},
+        "paths": {
+            "/api/health": {"get": {"responses": {**_ok("service health"), **_errors(503)}}},
+            "/api/{kind}": {
+                "parameters": [KIND],
+                "get": {"responses": {**_ok("stored files"), **_errors(401, 404)}},
+                "post": {"requestBody": UPLOAD, "responses": {**_ok("stored", 201), **_errors(400, 401, 404, 413, 422)}},
+            },
+            "/api/{kind}/{file_id}": {
+                "parameters": [KIND, {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {"responses": {**_ok("one file"), **_errors(401, 404)}},
+            },
+            "/api/security_evaluations": {
+                "get": {
+                    "parameters": [
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["queued", "started", "finished", "failed", "canceled"]},
+                        }
+                    ],
+                    "responses": {**_ok("evaluations"), **_errors(400, 401)},
+                },
+                "post": {
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": EVALUATION_REQUEST}}},
+                    "responses": {**_ok("queued", 202), **_errors(400, 401, 429)},
+                },
+            },
+            "/api/security_evaluations/{job_id}": {
+                "parameters": [JOB_ID],
+                "get": {"responses": {**_ok("status"), **_errors(401, 404)}},
+                "delete": {"responses": {**_ok("deleted"), **_errors(401, 404)}},
+            },
+            "/api/security_evaluations/{job_id}/output": {
+                "parameters": [JOB_ID],
+                "get": {"responses": {**_ok("the curve"), "303": {"description": "not finished yet"}, **_errors(401, 404)}},
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "details": {}}}
+            }
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(document())
