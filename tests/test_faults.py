@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 
 import pytest
 
@@ -14,8 +15,8 @@ SLOW = {
     "trained-model": "files/cnn.onnx",
     "dataset": "files/val.h5",
     "preprocessing": {},
-    "perturbation-values": [0, 0.02, 0.05, 0.1, 0.15],
-    "attack-params": {"steps": 600},
+    "perturbation-values": [0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15],
+    "attack-params": {"steps": 300},
 }
 
 
@@ -25,12 +26,15 @@ def submit(client, body):
     return r.get_json()["job_id"]
 
 
-def kill_group(proc) -> None:
+def kill_group(proc, horse_pid: int | None = None) -> None:
+    """SIGKILL the worker and its work-horse (RQ gives the horse a process group of its own)."""
+    if horse_pid:
+        os.kill(horse_pid, signal.SIGKILL)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
-def wait_progress(client, job_id, at_least: int, timeout=120) -> dict:
+def wait_progress(client, job_id, at_least: int, timeout=300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = client.get(f"/api/security_evaluations/{job_id}").get_json()
@@ -42,26 +46,29 @@ def wait_progress(client, job_id, at_least: int, timeout=120) -> dict:
 
 @pytest.mark.parametrize("survivor", [True, False], ids=["second-worker-takes-over", "single-worker-restarted"])
 def test_worker_killed_mid_job_is_rerun_once_and_resumes(client, redis_server, appdata, assets, survivor):
-    a = start_worker(redis_server.url, appdata, name="doomed")
+    tag = uuid.uuid4().hex[:6]  # a SIGKILLed worker's registration outlives it: never reuse a name
+    a = start_worker(redis_server.url, appdata, name=f"doomed-{tag}")
     b = None
     try:
         job_id = submit(client, SLOW)
+        wait_progress(client, job_id, at_least=0)  # the doomed worker holds it
+        b = start_worker(redis_server.url, appdata, name=f"survivor-{tag}") if survivor else None
         # Past the clean pass and the largest epsilon: a checkpoint exists.
         wait_progress(client, job_id, at_least=2 * 120)
-        b = start_worker(redis_server.url, appdata, name="survivor") if survivor else None
+        import redis
+
+        conn = redis.Redis.from_url(redis_server.url)
+        horse = int(conn.get(f"secev:lease:{job_id}").decode().split(":")[1])
         t_kill = time.monotonic()
-        kill_group(a)  # the worker and its work-horse, SIGKILL: nothing runs its cleanup
+        kill_group(a, horse)  # SIGKILL: nothing runs its cleanup
         if b is None:
-            b = start_worker(redis_server.url, appdata, name="restarted")
+            b = start_worker(redis_server.url, appdata, name=f"restarted-{tag}")
         status = wait_status(client, job_id, timeout=180)
         recovered_in = time.monotonic() - t_kill
         assert status["job-status"] == "finished", status
         out = client.get(f"/api/security_evaluations/{job_id}/output").get_json()
         assert out["attempt"] == 2 and out["resumed"] is True
         assert out["sec-curve"]["x-values"] == SLOW["perturbation-values"]
-        import redis
-
-        conn = redis.Redis.from_url(redis_server.url)
         assert conn.get(f"secev:result:{job_id}") is not None
         assert conn.exists(f"secev:lease:{job_id}") == 0
         print(f"recovered and finished {recovered_in:.1f} s after SIGKILL")
