@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 GRACE = 3.0  # seconds a fresh record may lack its lease or its RQ job
 INTERVAL = 2.0
-WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+WAITING = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)}
 
 
 def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: int) -> None:
@@ -47,23 +47,31 @@ def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: i
 
 
 def sweep_once(records: Records, queue: Queue, timeout: int) -> int:
-    """One pass over the unfinished evaluations; returns how many were re-queued."""
+    """One pass over the unfinished evaluations, in three pipelined round trips however many
+    there are; returns how many were re-queued."""
+    ids = records.active_ids()
+    if not ids:
+        return 0
+    r = records.redis
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(records.key("evaluation", job_id), "status", "started_at", "created_at")
+            pipe.exists(records.key("lease", job_id))
+            pipe.hget(f"rq:job:{job_id}", "status")
+        replies = pipe.execute()
     count = 0
     t = now()
-    for job_id in records.active_ids():
-        rec = records.evaluation(job_id)
-        if rec is None:
-            records.redis.srem(records.key("active"), job_id)
+    for i, job_id in enumerate(ids):
+        (status, started_at, created_at), leased, rq_status = replies[3 * i : 3 * i + 3]
+        if status is None:
+            r.srem(records.key("active"), job_id)
             continue
-        status = rec["job-status"]
-        if status == "started":
-            if t - (rec["started_at"] or t) > GRACE and not records.redis.exists(records.key("lease", job_id)):
-                requeue(records, queue, job_id, "its worker stopped while running it", timeout)
-                count += 1
-        elif status == "queued" and t - (rec["created_at"] or t) > GRACE:
-            job = jobqueue.fetch_job(records.redis, job_id)
-            state = job.get_status(refresh=False) if job is not None else None
-            if state not in WAITING:
+        status = status.decode()
+        if status == "started" and not leased and t - float(started_at or t) > GRACE:
+            requeue(records, queue, job_id, "its worker stopped while running it", timeout)
+            count += 1
+        elif status == "queued" and t - float(created_at or t) > GRACE:
+            if rq_status is None or rq_status.decode() not in WAITING:
                 requeue(records, queue, job_id, "its queue entry was lost or its work-horse died", timeout)
                 count += 1
     return count
