@@ -275,7 +275,7 @@ class Attack:
             # Candidates at k: broken at the next larger epsilon (or, at the top, never broken).
             # A sample that resisted at k + 1 resisted inside a larger ball: it is not attacked again.
             candidates = np.flatnonzero(state.broken_at == k + 1)
-            done = (p + self.prepare_weight) * n - len(candidates)
+            done = (p + 1 + self.prepare_weight) * n - len(candidates)
             for pos in self._batches(candidates, self.pool_batches):
                 x, y = self._load(source, pos, device)
                 delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k)
