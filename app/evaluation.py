@@ -42,21 +42,9 @@ class SubsetSource:
 
 
 def fingerprint(request: dict[str, Any]) -> str:
-    """What must match for a checkpoint to be resumed."""
-    keys = (
-        "perturbation-values",
-        "attack",
-        "norm",
-        "attack-params",
-        "evaluation-mode",
-        "indexes",
-        "preprocessing",
-        "input-bounds",
-        "seed",
-        "trained-model",
-        "dataset",
-    )
-    return hashlib.sha256(json.dumps({k: request.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+    """What must match for a checkpoint to be resumed: the whole normalized request
+    (the batch size too, since random draws are seeded per batch)."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 def sec_value(x: list[float], y: list[float]) -> float:
