@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import torch  # noqa: F401  -- imported once here so forked work-horses start warm; CUDA stays untouched
+# Imported once here so every forked work-horse starts warm (onnx2pytorch alone, with
+# torchvision, costs about 2 s per import); none of these initializes CUDA.
+import onnx2pytorch  # noqa: F401
+import torch  # noqa: F401
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+from . import evaluation  # noqa: F401
 from . import queue as jobqueue
 from .config import Config
 from .extensions import connect
