@@ -64,7 +64,18 @@ class Records:
         return job_id
 
     def evaluation(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self.key("evaluation", job_id))
+        return self._parse(job_id, self.redis.hgetall(self.key("evaluation", job_id)))
+
+    def evaluations(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Several records in one pipelined round trip; deleted ones are skipped."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.key("evaluation", job_id))
+            raws = pipe.execute()
+        return [rec for job_id, raw in zip(ids, raws) if (rec := self._parse(job_id, raw)) is not None]
+
+    @staticmethod
+    def _parse(job_id: str, raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         if not raw:
             return None
         rec = {k.decode(): v.decode() for k, v in raw.items()}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from rq import Queue
 from rq.job import JobStatus
@@ -91,4 +90,3 @@ class Recovery(threading.Thread):
                 sweep_once(self.records, self.queue, self.timeout)
             except Exception as exc:  # Redis away: try again next tick
                 log.debug("recovery pass failed: %s", exc)
-            time.sleep(0)

@@ -57,17 +57,15 @@ def test_checkpoint_of_another_request_is_not_reused(assets, tmp_path):
     assert other["resumed"] is False
 
 
+def run_cli(assets, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "app", "evaluate", "--trained-model", str(assets.model), "--dataset", str(assets.dataset), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def test_command_line_writes_the_same_output_as_the_api(assets, tmp_path):
     out = tmp_path / "result.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "app",
-        "evaluate",
-        "--trained-model",
-        str(assets.model),
-        "--dataset",
-        str(assets.dataset),
+    proc = run_cli(
+        assets,
         "--perturbation-values",
         ",".join(map(str, EPS)),
         "--attack",
@@ -82,8 +80,7 @@ def test_command_line_writes_the_same_output_as_the_api(assets, tmp_path):
         "{}",
         "--output",
         str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     direct = evaluate(request(), assets.model, assets.dataset)
@@ -94,17 +91,5 @@ def test_command_line_writes_the_same_output_as_the_api(assets, tmp_path):
 
 
 def test_command_line_reports_bad_fields_clearly(assets):
-    cmd = [
-        sys.executable,
-        "-m",
-        "app",
-        "evaluate",
-        "--trained-model",
-        str(assets.model),
-        "--dataset",
-        str(assets.dataset),
-        "--perturbation-values",
-        "0,2",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_cli(assets, "--perturbation-values", "0,2", timeout=120)
     assert proc.returncode == 2 and "perturbation-values" in proc.stderr and "Traceback" not in proc.stderr

@@ -69,11 +69,9 @@ def _check_quota() -> None:
     if limit <= 0:
         return
     records, me = get_records(), auth.tenant()
-    active = 0
-    for job_id in records.active_ids():
-        rec = records.evaluation(job_id)
-        if rec and rec["owner"] == me and rec["job-status"] not in TERMINAL:
-            active += 1
+    active = sum(
+        1 for rec in records.evaluations(records.active_ids()) if rec["owner"] == me and rec["job-status"] not in TERMINAL
+    )
     if active >= limit:
         raise QuotaExceededError(f"at most {limit} unfinished evaluations per API key; {active} are queued or running")
 
@@ -133,12 +131,11 @@ def list_all():
     if wanted is not None and wanted not in STATUSES:
         raise ValidationError(f"status: must be one of {list(STATUSES)}", details={"field": "status"})
     records, me = get_records(), auth.tenant()
-    items = []
-    for job_id in records.evaluation_ids():
-        rec = records.evaluation(job_id)
-        if rec is None or rec["owner"] != me or (wanted and rec["job-status"] != wanted):
-            continue
-        items.append(status_view(rec))
+    items = [
+        status_view(rec)
+        for rec in records.evaluations(records.evaluation_ids())
+        if rec["owner"] == me and (not wanted or rec["job-status"] == wanted)
+    ]
     return jsonify({"evaluations": items, "count": len(items)})
 
 
