@@ -90,7 +90,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import schemas
-    from .evaluation import evaluate
+    from .engine.evaluation import evaluate
     from .inspection import inspect_dataset, inspect_model
     from .storage import sha256_file
 

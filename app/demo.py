@@ -76,8 +76,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 
 def run_demo(appdata: Path | None = None, output_dir: Path = Path("demo-output")) -> int:
-    from .assets import demo_assets
     from .cli import print_curve
+    from .engine.assets import demo_assets
 
     t0 = time.monotonic()
     appdata = (appdata or Path(os.environ.get("APPDATA", ROOT / "appdata"))).resolve()

@@ -77,8 +77,8 @@ def _throttled_progress(records: Records, job_id: str):
 def run_evaluation(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ. Failures are recorded on the evaluation, not raised: a bad
     model is the user's to fix, and re-running it would only fail again."""
-    from .attacks import StopRequested
-    from .evaluation import evaluate
+    from .engine.attacks import StopRequested
+    from .engine.evaluation import evaluate
 
     settings = Config.from_env()
     records = Records(connect(settings), settings.key_prefix)

@@ -11,9 +11,9 @@ import torch  # noqa: F401
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-from . import evaluation  # noqa: F401
 from . import queue as jobqueue
 from .config import Config
+from .engine import evaluation  # noqa: F401
 from .extensions import connect
 from .records import Records
 from .recovery import Recovery

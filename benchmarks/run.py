@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import schemas  # noqa: E402
-from app.assets import digits, digits_cnn, export_onnx, train  # noqa: E402
-from app.attacks import ArraySource, build  # noqa: E402
-from app.attacks.base import Context  # noqa: E402
-from app.models import Classifier, load_onnx  # noqa: E402
+from app.engine.assets import digits, digits_cnn, export_onnx, train  # noqa: E402
+from app.engine.attacks import ArraySource, build  # noqa: E402
+from app.engine.attacks.base import Context  # noqa: E402
+from app.engine.models import Classifier, load_onnx  # noqa: E402
 
 EPS = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15]
 

@@ -37,7 +37,7 @@ def appdata(tmp_path_factory) -> Path:
 def assets(appdata):
     """A small CNN (ending in a softmax) trained on the digits, and a 120-sample validation set,
     placed inside the data directory under files/ so requests can name them."""
-    from app.assets import digits, digits_cnn, export_onnx, train, write_h5
+    from app.engine.assets import digits, digits_cnn, export_onnx, train, write_h5
 
     xtr, ytr, xva, yva = digits()
     folder = appdata / "files"

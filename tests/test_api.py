@@ -25,9 +25,12 @@ def body_for(assets, **fields):
 
 
 def test_http_layer_never_imports_torch():
-    code = "import sys, app; app.create_app({'appdata': '/tmp/secev-notorch'}); print('torch' in sys.modules)"
+    code = (
+        "import sys, app; app.create_app({'appdata': '/tmp/secev-notorch'}); "
+        "print('torch' in sys.modules, any(m.startswith('app.engine') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 def test_upload_model_and_dataset_are_content_addressed_and_listed(client, assets, appdata):
@@ -50,7 +53,7 @@ def test_upload_model_and_dataset_are_content_addressed_and_listed(client, asset
 
 
 def test_one_hot_labels_are_accepted(client, tmp_path, assets):
-    from app.assets import write_h5
+    from app.engine.assets import write_h5
 
     path = write_h5(tmp_path / "onehot.h5", assets.x[:20], assets.y[:20], one_hot=True, n_classes=10)
     r = upload(client, "datasets", path)
@@ -195,7 +198,7 @@ def test_symlink_leading_outside_is_refused(client, assets, appdata, tmp_path):
 
 
 def test_model_and_dataset_shapes_must_agree(client, assets, tmp_path, appdata):
-    from app.assets import write_h5
+    from app.engine.assets import write_h5
 
     write_h5(appdata / "files" / "rgb.h5", np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int64), n_classes=10)
     r = client.post("/api/security_evaluations", json=body_for(assets, dataset="files/rgb.h5"))

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from app import schemas
-from app.assets import export_onnx
-from app.attacks import ATTACKS, ArraySource, build
-from app.attacks.apgd import checkpoints
-from app.attacks.base import lp_norm
-from app.models import load_onnx
+from app.engine.assets import export_onnx
+from app.engine.attacks import ATTACKS, ArraySource, build
+from app.engine.attacks.apgd import checkpoints
+from app.engine.attacks.base import lp_norm
+from app.engine.models import load_onnx
 
 SMALL = {
     "fgsm": {},

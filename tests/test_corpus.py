@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from app.assets import write_h5
+from app.engine.assets import write_h5
 
 
 def h5(path, samples=None, labels=None, **attrs):
@@ -135,7 +135,7 @@ def test_external_data_leaving_the_model_folder_is_refused_for_named_files(clien
 def test_model_whose_outputs_do_not_match_the_classes_is_refused_at_submit(client, appdata, assets):
     import torch
 
-    from app.assets import export_onnx
+    from app.engine.assets import export_onnx
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
     export_onnx(net, (1, 8, 8), appdata / "files" / "five.onnx")

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from app import schemas
-from app.attacks import StopRequested
-from app.evaluation import evaluate
+from app.engine.attacks import StopRequested
+from app.engine.evaluation import evaluate
 from conftest import ROOT
 
 EPS = [0.0, 0.02, 0.05, 0.1, 0.2]

@@ -48,7 +48,7 @@ def test_job_from_post_to_curve_matches_direct_computation(client, worker, asset
 
     # The same request run in-process by the engine gives the same curve (same seed, same engine).
     from app import schemas
-    from app.evaluation import evaluate
+    from app.engine.evaluation import evaluate
 
     req = schemas.evaluation_request({"trained-model": "m", "dataset": "d", "preprocessing": {}, "perturbation-values": EPS})
     direct = evaluate(req, assets.model, assets.dataset)

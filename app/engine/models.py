@@ -17,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from .exceptions import InvalidFileError
+from ..exceptions import InvalidFileError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .exceptions import EvaluationError, InvalidFileError
+from ..exceptions import EvaluationError, InvalidFileError
 
 FAST_SEED = 20200101  # fixed: "fast" mode must pick the same samples for every model
 

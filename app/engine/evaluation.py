@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..exceptions import EvaluationError
 from . import attacks
 from .attacks.base import Hooks, SweepState
 from .data import H5Dataset, select
-from .exceptions import EvaluationError
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
 
 CHECKPOINT = "checkpoint.npz"
