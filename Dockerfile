@@ -8,4 +8,6 @@ COPY worker.py .
 RUN useradd --create-home service && mkdir -p /data && chown service /data
 USER service
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "120", "app:create_app()"]
+# Every gunicorn setting lives in app/gunicorn_conf.py and reads an environment variable.
+ENV BIND=0.0.0.0:8000 WEB_CONCURRENCY=4
+CMD ["gunicorn", "-c", "python:app.gunicorn_conf"]

@@ -26,8 +26,8 @@ test: $(VENV)/.dev  ## install, lint, then run the whole test suite (the slow lo
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 
-serve: $(VENV)/.runtime
-	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 2 'app:create_app()'
+serve: $(VENV)/.runtime  ## the API under gunicorn, settings in app/gunicorn_conf.py (BIND, WEB_CONCURRENCY, THREADS, ...)
+	$(BIN)/gunicorn -c python:app.gunicorn_conf
 
 worker: $(VENV)/.runtime
 	$(BIN)/python worker.py

@@ -53,6 +53,7 @@ class Config:
     appdata: Path = Path("appdata")
     queue_name: str = "evaluations"
     max_upload_mb: int = 512
+    max_json_kb: int = 256
     job_timeout: int = 24 * 3600
     max_perturbation_values: int = 50
     api_keys: dict[str, str] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class Config:
             appdata=Path(os.environ.get("APPDATA", "appdata")),
             queue_name=os.environ.get("QUEUE_NAME", "evaluations"),
             max_upload_mb=_env_int("MAX_UPLOAD_MB", 512),
+            max_json_kb=_env_int("MAX_JSON_KB", 256),
             job_timeout=_env_int("JOB_TIMEOUT", 24 * 3600),
             api_keys=_load_api_keys(),
             max_concurrent_jobs=_env_int("MAX_CONCURRENT_JOBS", 0),

@@ -20,22 +20,11 @@ EPSILONS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2]
 
 
 def start_services(appdata: Path, redis_url: str, port: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "REDIS_URL": redis_url, "APPDATA": str(appdata), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "REDIS_URL": redis_url, "APPDATA": str(appdata), "PYTHONUNBUFFERED": "1", "BIND": f"127.0.0.1:{port}"}
     log_dir = appdata / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--timeout",
-            "120",
-            "app:create_app()",
-        ],
+        [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"],
         cwd=ROOT,
         env=env,
         stdout=open(log_dir / "api.log", "ab"),

@@ -21,6 +21,10 @@ DEFAULT_PERTURBATION_VALUES = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1]
 FAST_MODE_SAMPLES = 100
 MAX_BATCH_SIZE = 4096
 MAX_STEPS = 10_000
+# Caps on every list a request carries (the body itself is limited to MAX_JSON_KB, 256 KiB by default).
+MAX_INDEXES = 10_000
+MAX_CHANNELS = 16
+MAX_REFERENCE_CHARS = 1024
 
 # Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon).
 ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -56,39 +60,59 @@ def _fail(field: str, message: str) -> ValidationError:
     return ValidationError(f"{field}: {message}", details={"field": field})
 
 
+def _show(value: Any) -> str:
+    """A value quoted in an error message, cut short: a message never echoes a whole body back."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _list(field: str, raw: Any, limit: int, what: str) -> list[Any]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail(field, f"expected a non-empty list of {what}")
+    if len(raw) > limit:
+        raise _fail(field, f"at most {limit} values, got {len(raw)}")
+    return raw
+
+
 def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(field, f"expected a finite number, got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(field, f"expected a finite number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double's range
+        raise _fail(field, f"expected a finite number, got an integer of {len(str(abs(value)))} digits") from None
+    if not math.isfinite(number):
+        raise _fail(field, f"expected a finite number, got {_show(value)}")
+    return number
 
 
 def _integer(field: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(field, f"expected an integer, got {value!r}")
+        raise _fail(field, f"expected an integer, got {_show(value)}")
     if not lo <= value <= hi:
-        raise _fail(field, f"must be between {lo} and {hi}, got {value}")
+        raise _fail(field, f"must be between {lo} and {hi}, got {_show(value)}")
     return value
 
 
 def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise _fail(field, f"must be one of {list(choices)}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(field, f"must be one of {list(choices)}, got {_show(value)}")
     return value
 
 
 def _string(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(field, "required: an uploaded id or a file name inside the data directory")
-    if len(value) > 1024:
-        raise _fail(field, "too long")
+    if len(value) > MAX_REFERENCE_CHARS:
+        raise _fail(field, f"too long (at most {MAX_REFERENCE_CHARS} characters)")
+    if not value.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise _fail(field, "must not contain control characters or unpaired surrogates")
     return value.strip()
 
 
 def perturbation_values(raw: Any, limit: int) -> list[float]:
     field = "perturbation-values"
-    if not isinstance(raw, list) or not raw:
-        raise _fail(field, "expected a non-empty list of numbers in [0, 1]")
-    values = {_number(field, v) for v in raw}
+    values = {_number(field, v) for v in _list(field, raw, limit, "numbers in [0, 1]")}
     bad = [v for v in values if not 0.0 <= v <= 1.0]
     if bad:
         raise _fail(field, f"values must lie in [0, 1] (fractions of the input range), got {sorted(bad)}")
@@ -107,7 +131,7 @@ def attack_parameters(attack: str, raw: Any) -> dict[str, Any]:
     spec = ATTACK_PARAMETERS[attack]
     unknown = sorted(set(raw) - set(spec))
     if unknown:
-        raise _fail(field, f"{unknown} not accepted by '{attack}'; accepted: {sorted(spec)}")
+        raise _fail(field, f"{_show(unknown)} not accepted by '{attack}'; accepted: {sorted(spec)}")
     params = dict(spec)
     for key, value in raw.items():
         name = f"{field}.{key}"
@@ -140,8 +164,9 @@ def preprocessing(raw: Any, missing: bool) -> dict[str, list[float]]:
         return {}
     if not isinstance(raw, dict) or set(raw) != {"mean", "std"}:
         raise _fail(field, 'expected {"mean": [...], "std": [...]} or {} for none')
-    mean, std = raw["mean"], raw["std"]
-    if not isinstance(mean, list) or not isinstance(std, list) or not mean or len(mean) != len(std):
+    mean = _list(f"{field}.mean", raw["mean"], MAX_CHANNELS, "numbers, one per channel")
+    std = _list(f"{field}.std", raw["std"], MAX_CHANNELS, "numbers, one per channel")
+    if len(mean) != len(std):
         raise _fail(field, "mean and std must be non-empty lists of the same length")
     mean = [_number(f"{field}.mean", v) for v in mean]
     std = [_number(f"{field}.std", v) for v in std]
@@ -156,7 +181,9 @@ def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
         raise ValidationError("request body must be a JSON object")
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
     if unknown:
-        raise ValidationError(f"unknown fields {unknown}", details={"field": unknown[0], "accepted": list(REQUEST_FIELDS)})
+        raise ValidationError(
+            f"unknown fields {_show(unknown)}", details={"field": unknown[0][:80], "accepted": list(REQUEST_FIELDS)}
+        )
     req: dict[str, Any] = {
         "trained-model": _string("trained-model", body.get("trained-model")),
         "dataset": _string("dataset", body.get("dataset")),
@@ -174,9 +201,7 @@ def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
     req["evaluation-mode"] = _choice("evaluation-mode", body.get("evaluation-mode", "complete"), ("complete", "fast"))
     indexes = body.get("indexes")
     if indexes is not None:
-        if not isinstance(indexes, list) or not indexes:
-            raise _fail("indexes", "expected a non-empty list of sample indexes")
-        idx = sorted({_integer("indexes", i, 0, 10**9) for i in indexes})
+        idx = sorted({_integer("indexes", i, 0, 10**9) for i in _list("indexes", indexes, MAX_INDEXES, "sample indexes")})
         req["indexes"] = idx
     else:
         req["indexes"] = None

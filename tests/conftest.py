@@ -120,10 +120,11 @@ def worker(redis_server, appdata):
 
 
 def start_api(redis_url, appdata, port, **extra) -> subprocess.Popen:
+    """The API under real gunicorn, started exactly as README says (app/gunicorn_conf.py); ``extra`` sets env vars."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "app:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"],
         cwd=ROOT,
-        env=service_env(redis_url, appdata, **extra),
+        env=service_env(redis_url, appdata, BIND=f"127.0.0.1:{port}", **extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

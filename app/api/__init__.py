@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import auth
@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import evaluations, files, health, openapi
+    from . import body, evaluations, files, health, openapi
 
+    app.before_request(body.limit_body)
     app.before_request(auth.authenticate)
     app.register_blueprint(files.bp)
     app.register_blueprint(evaluations.bp)
@@ -30,6 +31,9 @@ def register_blueprints(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         body = {"error": exc.name, "details": exc.description}
+        if exc.code == 413 and request.max_content_length:
+            limit = request.max_content_length
+            body = {"error": f"request body too large: at most {limit} bytes here", "details": {"limit-bytes": limit}}
         response = jsonify(body)
         response.status_code = exc.code or 500
         if exc.code == 405 and exc.valid_methods:
@@ -44,6 +48,11 @@ def register_blueprints(app: Flask) -> None:
         response = jsonify(err.to_dict())
         response.headers["Retry-After"] = "5"
         return response, err.status
+
+    @app.errorhandler(TimeoutError)
+    def client_stalled(exc: TimeoutError):
+        # A socket read timed out (gunicorn's IDLE_TIMEOUT): the client stopped sending its body.
+        return jsonify({"error": "request timeout: the client stopped sending the request body", "details": None}), 408
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

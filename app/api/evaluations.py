@@ -16,6 +16,7 @@ from ..exceptions import InvalidFileError, NotFoundError, QuotaExceededError, Se
 from ..extensions import get_queue, get_records, get_redis, get_settings, get_storage
 from ..inspection import inspect_dataset, inspect_model
 from ..records import STATUSES, TERMINAL
+from .body import json_object
 from .files import KINDS, owned_file
 
 bp = Blueprint("evaluations", __name__, url_prefix="/api/security_evaluations")
@@ -95,9 +96,7 @@ def owned_evaluation(job_id: str) -> dict[str, Any]:
 
 @bp.post("")
 def submit():
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ValidationError("request body must be JSON (Content-Type: application/json)")
+    body = json_object()
     settings = get_settings()
     req = schemas.evaluation_request(body, max_values=settings.max_perturbation_values)
     model = resolve_reference("trained-model", req["trained-model"])
