@@ -6,12 +6,29 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
-from flask import Flask
+from flask import Flask, Request, current_app
 
 __version__ = "1.0.0"
+SPOOL_BYTES = 500 * 1024  # multipart file parts beyond this go to disk (werkzeug's own threshold)
+
+
+class ServiceRequest(Request):
+    """Multipart file parts spool to the data directory's uploads/ folder, not the system's
+    temp directory (often a RAM-backed tmpfs): a large upload costs disk, never memory."""
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        uploads = current_app.config["SERVICE"].data_dir / "uploads"
+        return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="rb+", dir=uploads)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -21,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .config import Config
 
     app = Flask(__name__)
+    app.request_class = ServiceRequest
     app.debug = False  # never the debug server or debugger, whatever FLASK_DEBUG says
     settings = Config.from_env().updated(config)
     app.config["SERVICE"] = settings

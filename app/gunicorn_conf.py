@@ -36,7 +36,9 @@ import socket
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http.errors import ParseException
 from gunicorn.workers.gthread import ThreadWorker
+from werkzeug.exceptions import BadRequest
 
 
 def _env_int(name: str, default: int) -> int:
@@ -96,8 +98,36 @@ class IdleTimeoutSocket(socket.socket):
             super().setblocking(False)
 
 
+class CheckedInput:
+    """``wsgi.input`` whose framing errors (a bad chunk size, a missing chunk terminator) reach
+    the app as a 400 it answers in JSON; gunicorn raises them while the app reads the body,
+    where they would otherwise be an unexpected exception, a 500."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def _checked(self, method: Any, *args: Any) -> Any:
+        try:
+            return method(*args)
+        except ParseException as exc:
+            raise BadRequest(f"malformed request body: {exc}") from None
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._checked(self._body.read, size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._checked(self._body.readline, size)
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        return self._checked(self._body.readlines, hint)
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
 class Worker(ThreadWorker):
-    """gunicorn's ``gthread`` worker with idle-timeout client sockets and JSON answers on abort."""
+    """gunicorn's ``gthread`` worker with idle-timeout client sockets, checked request bodies
+    and JSON answers on abort."""
 
     def init_process(self) -> None:
         self.unanswered: dict[int, dict[str, Any]] = {}
@@ -117,6 +147,7 @@ class Worker(ThreadWorker):
         def tracked(environ: dict[str, Any], start_response: Any) -> Any:
             # A request is "unanswered" until the app starts its response; only those get the 503.
             state = {"sock": environ.get("gunicorn.socket"), "answered": False}
+            environ["wsgi.input"] = CheckedInput(environ["wsgi.input"])
             self.unanswered[id(state)] = state
 
             def start(status: str, headers: list, exc_info: Any = None) -> Any:

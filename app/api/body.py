@@ -108,7 +108,13 @@ def json_object() -> dict[str, Any]:
     """The request's body as a JSON object (the size limit was applied by :func:`limit_body`)."""
     if not request.is_json:
         raise ValidationError("request body must be JSON (Content-Type: application/json)")
-    value = parse_json(request.get_data(cache=False))
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and len(raw) >= limit:
+        # Without Content-Length, werkzeug's reader stops quietly at the maximum; one more
+        # read raises the 413 if the client sent more, instead of parsing a truncated body.
+        request.stream.read(1)
+    value = parse_json(raw)
     if not isinstance(value, dict):
         raise ValidationError(f"request body must be a JSON object, got {JSON_TYPES[type(value)]}", details={"problem": "type"})
     return value
