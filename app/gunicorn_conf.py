@@ -38,7 +38,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.http.errors import ParseException
 from gunicorn.workers.gthread import ThreadWorker
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
 
 def _env_int(name: str, default: int) -> int:
@@ -99,9 +99,10 @@ class IdleTimeoutSocket(socket.socket):
 
 
 class CheckedInput:
-    """``wsgi.input`` whose framing errors (a bad chunk size, a missing chunk terminator) reach
-    the app as a 400 it answers in JSON; gunicorn raises them while the app reads the body,
-    where they would otherwise be an unexpected exception, a 500."""
+    """``wsgi.input`` whose errors reach the app as HTTP errors it answers in JSON: framing errors
+    (a bad chunk size, a missing chunk terminator), which gunicorn raises while the app reads the
+    body and would otherwise be an unexpected exception (a 500), are a 400; a read that waited
+    ``IDLE_TIMEOUT`` seconds for the next byte is a 408."""
 
     def __init__(self, body: Any) -> None:
         self._body = body
@@ -111,6 +112,8 @@ class CheckedInput:
             return method(*args)
         except ParseException as exc:
             raise BadRequest(f"malformed request body: {exc}") from None
+        except TimeoutError:
+            raise RequestTimeout(f"the client stopped sending the request body for {IDLE_TIMEOUT} s") from None
 
     def read(self, size: int | None = None) -> bytes:
         return self._checked(self._body.read, size)

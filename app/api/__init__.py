@@ -49,11 +49,6 @@ def register_blueprints(app: Flask) -> None:
         response.headers["Retry-After"] = "5"
         return response, err.status
 
-    @app.errorhandler(TimeoutError)
-    def client_stalled(exc: TimeoutError):
-        # A socket read timed out (gunicorn's IDLE_TIMEOUT): the client stopped sending its body.
-        return jsonify({"error": "request timeout: the client stopped sending the request body", "details": None}), 408
-
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error")
