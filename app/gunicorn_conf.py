@@ -7,7 +7,8 @@ variable, read here when gunicorn starts:
 ``BIND`` (127.0.0.1:8000), ``WEB_CONCURRENCY`` (2 worker processes), ``THREADS``
 (8 per worker), ``WORKER_TIMEOUT`` (60 s), ``GRACEFUL_TIMEOUT`` (30 s),
 ``KEEPALIVE`` (5 s), ``IDLE_TIMEOUT`` (60 s), ``LIMIT_REQUEST_LINE`` (4094),
-``LIMIT_REQUEST_FIELDS`` (100), ``LIMIT_REQUEST_FIELD_SIZE`` (8190).
+``LIMIT_REQUEST_FIELDS`` (100), ``LIMIT_REQUEST_FIELD_SIZE`` (8190), ``ACCESS_LOG``
+(none; ``-`` for stdout), ``CONTROL_SOCKET`` (none: gunicorn's control socket is off).
 
 Why threads: a ``sync`` worker serves one connection at a time, so two clients
 that send slowly (or not at all) take both workers and ``/api/health`` waits
@@ -58,6 +59,10 @@ limit_request_line = _env_int("LIMIT_REQUEST_LINE", 4094)
 limit_request_fields = _env_int("LIMIT_REQUEST_FIELDS", 100)
 limit_request_field_size = _env_int("LIMIT_REQUEST_FIELD_SIZE", 8190)
 accesslog = os.environ.get("ACCESS_LOG") or None
+# gunicorn's runtime control socket (worker count, reload, shutdown) defaults to one shared path in
+# $HOME; every instance on the machine would race for it. Off unless CONTROL_SOCKET names a path.
+control_socket = os.environ.get("CONTROL_SOCKET") or "gunicorn.ctl"
+control_socket_disable = not os.environ.get("CONTROL_SOCKET")
 
 
 def json_error_response(status: int, reason: str, message: str, details: Any = None) -> bytes:
