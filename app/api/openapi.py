@@ -20,25 +20,40 @@ def _ok(description: str, code: int = 200) -> dict:
     return {str(code): {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
+NUMBERS = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": schemas.MAX_CHANNELS}
+REFERENCE = {"type": "string", "minLength": 1, "maxLength": schemas.MAX_REFERENCE_CHARS}
+# The request body's documented limits, the same constants the validation enforces
+# (the whole body is also limited to MAX_JSON_KB, 256 KiB by default: 413 beyond).
 EVALUATION_REQUEST = {
     "type": "object",
     "required": ["trained-model", "dataset"],
+    "additionalProperties": False,
     "properties": {
-        "trained-model": {"type": "string"},
-        "dataset": {"type": "string"},
-        "perturbation-values": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "maxItems": 50},
+        "trained-model": REFERENCE,
+        "dataset": REFERENCE,
+        "perturbation-values": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0, "maximum": 1},
+            "minItems": 1,
+            "maxItems": 50,
+        },
         "perturbation-type": {"type": "string", "enum": ["max-norm", "random"]},
         "attack": {"type": "string", "enum": list(schemas.ATTACKS)},
         "norm": {"type": "string", "enum": list(schemas.NORMS)},
-        "attack-params": {"type": "object"},
+        "attack-params": {"type": "object", "maxProperties": max(len(p) for p in schemas.ATTACK_PARAMETERS.values())},
         "evaluation-mode": {"type": "string", "enum": ["complete", "fast"]},
-        "indexes": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "preprocessing": {"type": "object"},
+        "indexes": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 10**9},
+            "minItems": 1,
+            "maxItems": schemas.MAX_INDEXES,
+        },
+        "preprocessing": {"type": "object", "properties": {"mean": NUMBERS, "std": NUMBERS}, "additionalProperties": False},
         "input-bounds": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
         "performance-metric": {"type": "string", "enum": ["classification-accuracy"]},
         "task": {"type": "string", "enum": ["classification"]},
         "batch-size": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_BATCH_SIZE},
-        "seed": {"type": "integer", "minimum": 0},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     },
 }
 
@@ -63,7 +78,7 @@ def document() -> dict:
             "/api/{kind}": {
                 "parameters": [KIND],
                 "get": {"responses": {**_ok("stored files"), **_errors(401, 404)}},
-                "post": {"requestBody": UPLOAD, "responses": {**_ok("stored", 201), **_errors(400, 401, 404, 413, 422)}},
+                "post": {"requestBody": UPLOAD, "responses": {**_ok("stored", 201), **_errors(400, 401, 404, 408, 413, 422)}},
             },
             "/api/{kind}/{file_id}": {
                 "parameters": [KIND, {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -82,7 +97,7 @@ def document() -> dict:
                 },
                 "post": {
                     "requestBody": {"required": True, "content": {"application/json": {"schema": EVALUATION_REQUEST}}},
-                    "responses": {**_ok("queued", 202), **_errors(400, 401, 429)},
+                    "responses": {**_ok("queued", 202), **_errors(400, 401, 408, 413, 429)},
                 },
             },
             "/api/security_evaluations/{job_id}": {
