@@ -28,6 +28,7 @@ class ServiceRequest(Request):
         content_length: int | None = None,
     ) -> IO[bytes]:
         uploads = current_app.config["SERVICE"].data_dir / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
         return tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="rb+", dir=uploads)
 
 
@@ -43,6 +44,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings = Config.from_env().updated(config)
     app.config["SERVICE"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 2**20 + 2**20
+    # An upload is one file part; other multipart parts are held in memory, so few and small (413 beyond).
+    # werkzeug also checks its 64 KiB read buffer against MAX_FORM_MEMORY_SIZE, so that stays well above it.
+    app.config["MAX_FORM_PARTS"] = 16
+    app.config["MAX_FORM_MEMORY_SIZE"] = 256 * 1024
     app.json.sort_keys = False
     extensions.init_app(app)
     register_blueprints(app)

@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -19,7 +21,7 @@ import psutil
 import pytest
 
 from app.redis_server import free_port
-from conftest import start_api, stop_process
+from conftest import ROOT, start_api, stop_process
 
 UPLOAD_MB = 300
 WORKER_TIMEOUT = 4
@@ -247,6 +249,25 @@ def test_large_slow_upload_streams_to_disk_past_the_worker_timeout(api, tmp_path
     assert worker_pid(api) == pid, "the worker was restarted during the upload"
     assert growth < 100, f"worker RSS grew by {growth:.0f} MB during a {size / 2**20:.0f} MB upload"
     assert set(api.uploads.iterdir()) <= before, "spooled parts left behind in uploads/"
+
+
+def test_upload_with_many_form_parts_is_413_json(api):
+    """Non-file multipart parts are held in memory: a flood of them is refused, not buffered."""
+    part = b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="f"\r\n\r\n' + b"x" * 1000 + b"\r\n"
+    payload = part * 100 + b"--" + BOUNDARY + b"--\r\n"
+    head = (
+        b"POST /api/datasets HTTP/1.1\r\n" + CLOSE + b"Content-Type: multipart/form-data; boundary=" + BOUNDARY + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(payload)
+    )
+    status, body = exchange(api, head + payload)
+    assert status == 413 and "upload too large" in body["error"], body
+
+
+def test_config_reads_its_settings_from_the_environment():
+    env = {**os.environ, "BIND": "0.0.0.0:9999", "WEB_CONCURRENCY": "3", "THREADS": "5", "WORKER_TIMEOUT": "7"}
+    code = "import app.gunicorn_conf as c; print(c.bind, c.workers, c.threads, c.timeout, c.worker_class.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["['0.0.0.0:9999']", "3", "5", "7", "Worker"]
 
 
 def test_worker_abort_answers_unanswered_requests_with_json_503(api):

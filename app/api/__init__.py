@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from .. import auth
 from ..exceptions import BackendUnavailableError, ServiceError
+from . import body as body_limits
 
 log = logging.getLogger(__name__)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import body, evaluations, files, health, openapi
+    from . import evaluations, files, health, openapi
 
-    app.before_request(body.limit_body)
+    app.before_request(body_limits.limit_body)
     app.before_request(auth.authenticate)
     app.register_blueprint(files.bp)
     app.register_blueprint(evaluations.bp)
@@ -31,9 +32,8 @@ def register_blueprints(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         body = {"error": exc.name, "details": exc.description}
-        if exc.code == 413 and request.max_content_length:
-            limit = request.max_content_length
-            body = {"error": f"request body too large: at most {limit} bytes here", "details": {"limit-bytes": limit}}
+        if exc.code == 413:
+            body = body_limits.too_large()
         response = jsonify(body)
         response.status_code = exc.code or 500
         if exc.code == 405 and exc.valid_methods:

@@ -31,6 +31,18 @@ def limit_body() -> None:
         request.max_content_length = get_settings().max_json_kb * 1024
 
 
+def too_large() -> dict[str, Any]:
+    """The JSON error for a 413, naming the limit that applies to this endpoint."""
+    if request.endpoint in UPLOAD_ENDPOINTS:
+        limit_mb = get_settings().max_upload_mb
+        return {
+            "error": f"upload too large: a file of at most {limit_mb} MB, sent as the one multipart part 'file'",
+            "details": {"limit-mb": limit_mb},
+        }
+    limit = request.max_content_length
+    return {"error": f"request body too large: at most {limit} bytes here", "details": {"limit-bytes": limit}}
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValidationError(f"request body: {name} is not valid JSON (numbers must be finite)", details={"problem": name})
 
