@@ -65,11 +65,12 @@ control_socket = os.environ.get("CONTROL_SOCKET") or "gunicorn.ctl"
 control_socket_disable = not os.environ.get("CONTROL_SOCKET")
 
 
-def json_error_response(status: int, reason: str, message: str, details: Any = None) -> bytes:
-    """A complete HTTP/1.1 response with the service's JSON error body; the connection closes after it."""
+def json_error_response(status: int, reason: str, message: str, details: Any = None, extra: str = "") -> bytes:
+    """A complete HTTP/1.1 response with the service's JSON error body; the connection closes after it.
+    ``extra`` holds further header lines, each ending in CRLF."""
     body = json.dumps({"error": message, "details": details}).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
@@ -180,6 +181,7 @@ def worker_abort(worker: Worker) -> None:
         "Service Unavailable",
         "the API worker stopped responding and was restarted; retry the request",
         {"worker-timeout-s": timeout},
+        extra="Retry-After: 1\r\n",
     )
     for state in list(getattr(worker, "unanswered", {}).values()):
         sock = state["sock"]
