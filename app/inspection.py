@@ -1,4 +1,4 @@
-"""Validation of models (ONNX) and datasets (HDF5) before anything runs on them.
+"""Validation of datasets (HDF5), and of models through ``app.onnx_inspection``.
 
 Runs in the API process, so it uses ``onnx`` and ``h5py`` only, never torch; the
 worker's reader (``app.engine.data``) imports the same checks. Each check raises
@@ -12,29 +12,33 @@ few blocks of :data:`SCAN_BLOCK_BYTES`, and the walk of a file's objects stops a
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
-import onnx
 from h5py import h5a, h5d, h5l, h5o, h5pl, h5z
-from onnx.external_data_helper import uses_external_data
 
 from .exceptions import InvalidFileError
+from .onnx_inspection import inspect_model  # noqa: F401  (one import place for both kinds)
 
 MAX_SAMPLES = 10_000_000
 MAX_SAMPLE_ELEMENTS = 3 * 1024 * 1024  # e.g. 3 x 1024 x 1024
 MAX_CLASSES = 100_000
 MAX_H5_OBJECTS = 1_000  # links walked in one file; a dataset file needs a handful
 MAX_CHUNK_BYTES = 16 * 2**20  # HDF5 inflates whole chunks, whatever slice is read
-MAX_COMPRESSION_RATIO = 100  # declared bytes / stored bytes; unwritten chunks count as fill
+MAX_CHUNKS = 2**22  # per dataset: HDF5 spends 5-25 us on each, written or not (under 2 minutes)
+INLINE_MAX_CHUNKS = 20_000  # chunks a request may visit (well under a second)
+MAX_COMPRESSION_RATIO = 100  # inflated bytes / stored bytes; unwritten chunks count as fill
 RATIO_FREE_BYTES = 64 * 2**20  # a dataset this small may compress any amount
 INLINE_SCAN_BYTES = 64 * 2**20  # above this the full scan runs in a worker, not in the request
 SCAN_BLOCK_BYTES = 8 * 2**20  # one read of the scan, whatever the row size
-MAX_MODEL_NODES = 100_000
-MAX_SUBGRAPH_DEPTH = 32
+SCAN_BLOCK_CHUNKS = 4096  # and at most this many chunks, so a job's time limit interrupts it promptly
+
+READ_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError)  # what h5py raises on a bad file
 
 SAFE_FILTERS = {
     h5z.FILTER_DEFLATE: "gzip",
@@ -50,111 +54,6 @@ if h5z.filter_avail(h5z.FILTER_SZIP):
 # with no folders to search, none can be loaded even if a check were missed.
 while h5pl.size():
     h5pl.remove(0)
-
-
-# -- ONNX ----------------------------------------------------------------------
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
-    shape = value_info.type.tensor_type.shape
-    out: list[int | str | None] = []
-    for d in shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            out.append(d.dim_param)
-        else:
-            out.append(None)
-    return out
-
-
-def _sparse_parts(sparse: onnx.SparseTensorProto) -> list[onnx.TensorProto]:
-    return [sparse.values, sparse.indices]
-
-
-def model_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Every tensor the model holds: initializers, sparse initializers, Constant-node and other
-    attributes (``t``, ``tensors``, ``sparse_tensor(s)``), in the main graph, in every subgraph
-    (If/Loop/Scan ``g``/``graphs``) and in local functions. Refuses absurd models (too many nodes,
-    subgraphs nested too deep) before the checker or shape inference get to spend time on them."""
-    tensors: list[onnx.TensorProto] = []
-    nodes = 0
-    pending: list[tuple[Any, int]] = [(model.graph, 0), *((fn, 0) for fn in model.functions)]
-    while pending:
-        graph, depth = pending.pop()
-        if depth > MAX_SUBGRAPH_DEPTH:
-            raise InvalidFileError(f"ONNX subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} levels deep")
-        if isinstance(graph, onnx.GraphProto):
-            tensors.extend(graph.initializer)
-            for sparse in graph.sparse_initializer:
-                tensors.extend(_sparse_parts(sparse))
-        for node in graph.node:
-            nodes += 1
-            if nodes > MAX_MODEL_NODES:
-                raise InvalidFileError(f"ONNX model has more than {MAX_MODEL_NODES} nodes")
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    tensors.append(attr.t)
-                tensors.extend(attr.tensors)
-                sparse_list = [attr.sparse_tensor] if attr.HasField("sparse_tensor") else []
-                for sparse in [*sparse_list, *attr.sparse_tensors]:
-                    tensors.extend(_sparse_parts(sparse))
-                if attr.HasField("g"):
-                    pending.append((attr.g, depth + 1))
-                pending.extend((g, depth + 1) for g in attr.graphs)
-    return tensors
-
-
-def _check_external_data(tensors: list[onnx.TensorProto], base: Path, *, allow: bool) -> None:
-    for tensor in tensors:
-        if not (uses_external_data(tensor) or len(tensor.external_data)):
-            continue
-        if not allow:
-            raise InvalidFileError(
-                f"models with external data are not accepted on upload (tensor {tensor.name!r}); "
-                "save the model as one self-contained .onnx file"
-            )
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / location).resolve()
-        if not location or Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(base):
-            raise InvalidFileError(f"external data location {location!r} points outside the model's folder")
-
-
-def inspect_model(path: Path, *, allow_external_data: bool = False) -> dict[str, Any]:
-    """Check an ONNX file and describe its input and output.
-
-    External data is refused for uploads (one file is all we store), wherever a tensor
-    sits; for files named inside the data directory it must stay beside the model.
-    """
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises a zoo of types on garbage
-        raise InvalidFileError(f"not a readable ONNX model: {type(exc).__name__}") from None
-    if not model.graph.node:
-        raise InvalidFileError("ONNX graph has no nodes")
-    _check_external_data(model_tensors(model), path.parent.resolve(), allow=allow_external_data)
-    try:
-        onnx.checker.check_model(str(path) if allow_external_data else model)
-    except Exception as exc:
-        raise InvalidFileError("ONNX checker rejected the model", details=str(exc)[:500]) from None
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise InvalidFileError(f"model must have exactly one input, it has {len(inputs)}")
-    if not model.graph.output:
-        raise InvalidFileError("model has no output")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        output = inferred.graph.output[0]
-    except Exception:
-        output = model.graph.output[0]
-    ops = sorted({n.op_type for n in model.graph.node})
-    last_op = model.graph.node[-1].op_type
-    return {
-        "input-shape": _dims(inputs[0]),
-        "output-shape": _dims(output),
-        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
-        "operators": ops,
-        "ends-with-softmax": last_op in ("Softmax", "LogSoftmax"),
-    }
 
 
 # -- HDF5: what the file may contain -----------------------------------------
@@ -212,9 +111,7 @@ def check_h5_structure(fh: h5py.File) -> None:
 
     try:
         problem = fh.id.links.visit(visit, info=True)
-    except InvalidFileError:
-        raise
-    except Exception as exc:
+    except READ_ERRORS as exc:
         raise InvalidFileError(f"the HDF5 file's structure cannot be read: {type(exc).__name__}") from None
     if problem is not None:
         raise problem
@@ -223,33 +120,60 @@ def check_h5_structure(fh: h5py.File) -> None:
         target = fh.id.links.get_val(raw).decode("utf-8", "replace")
         try:
             h5o.get_info(fh.id, raw)
-        except Exception:
+        except READ_ERRORS:
             name = raw.decode("utf-8", "replace")
             raise InvalidFileError(f"soft link '{name}' points at '{target}', which is not in the file") from None
 
 
 # -- HDF5: sizes, dtypes, attributes ------------------------------------------
-def _declared_bytes(name: str, ds: h5py.Dataset) -> int:
-    """Uncompressed size of a dataset, refusing chunks or compression ratios that would make
-    a small file inflate into gigabytes."""
-    nbytes = math.prod(ds.shape) * ds.dtype.itemsize
+class ScanCost(NamedTuple):
+    """What a full read of some datasets costs: bytes HDF5 inflates, chunks it visits."""
+
+    nbytes: int
+    chunks: int
+
+    def __add__(self, other: tuple[Any, ...]) -> ScanCost:
+        return ScanCost(self.nbytes + other[0], self.chunks + other[1])
+
+    def inline(self, byte_limit: int) -> bool:
+        return self.nbytes <= byte_limit and self.chunks <= INLINE_MAX_CHUNKS
+
+
+def _scan_cost(name: str, ds: h5py.Dataset) -> ScanCost:
+    """Bytes and chunks a full read costs, refusing chunk shapes, chunk counts and compression
+    ratios that would make a small file inflate into gigabytes or take minutes to walk.
+
+    HDF5 inflates whole chunks, so a chunked dataset costs its chunk grid (every chunk it
+    touches, at full size), not its declared shape; unwritten chunks read as fill, for free on disk.
+    """
+    itemsize = ds.dtype.itemsize
     dcpl = ds.id.get_create_plist()
-    if dcpl.get_layout() == h5d.CHUNKED:
-        chunk = math.prod(dcpl.get_chunk()) * ds.dtype.itemsize
-        if chunk > MAX_CHUNK_BYTES:
+    if dcpl.get_layout() != h5d.CHUNKED:
+        cost = ScanCost(math.prod(ds.shape) * itemsize, 1)
+    else:
+        chunk = dcpl.get_chunk()
+        chunk_bytes = math.prod(chunk) * itemsize
+        if chunk_bytes > MAX_CHUNK_BYTES:
             raise InvalidFileError(
-                f"'{name}' has chunks of {chunk / 2**20:.0f} MiB uncompressed; the limit is {MAX_CHUNK_BYTES // 2**20} MiB",
-                details={"chunk-shape": [int(c) for c in dcpl.get_chunk()]},
+                f"'{name}' has chunks of {chunk_bytes / 2**20:.0f} MiB uncompressed; the limit is {MAX_CHUNK_BYTES // 2**20} MiB",
+                details={"chunk-shape": [int(c) for c in chunk]},
             )
-    if nbytes > RATIO_FREE_BYTES:
+        chunks = math.prod(-(-s // c) for s, c in zip(ds.shape, chunk))
+        if chunks > MAX_CHUNKS:
+            raise InvalidFileError(
+                f"'{name}' is split into {chunks} chunks; the limit is {MAX_CHUNKS} (use larger chunks)",
+                details={"chunk-shape": [int(c) for c in chunk]},
+            )
+        cost = ScanCost(chunks * chunk_bytes, chunks)
+    if cost.nbytes > RATIO_FREE_BYTES or cost.chunks > INLINE_MAX_CHUNKS:
         stored = ds.id.get_storage_size()
-        if nbytes > MAX_COMPRESSION_RATIO * stored:
+        if cost.nbytes > MAX_COMPRESSION_RATIO * stored:
             raise InvalidFileError(
-                f"'{name}' declares {nbytes / 2**20:.0f} MiB but stores {stored} bytes: a compression ratio above "
+                f"'{name}' declares {cost.nbytes / 2**20:.0f} MiB but stores {stored} bytes: a compression ratio above "
                 f"{MAX_COMPRESSION_RATIO} (or unwritten chunks) is not accepted",
-                details={"declared-bytes": nbytes, "stored-bytes": int(stored)},
+                details={"declared-bytes": cost.nbytes, "stored-bytes": int(stored)},
             )
-    return nbytes
+    return cost
 
 
 def declared_classes(labels: h5py.Dataset) -> int | None:
@@ -276,9 +200,9 @@ def declared_classes(labels: h5py.Dataset) -> int | None:
     return int(number)
 
 
-def checked_arrays(fh: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, int]:
-    """``samples`` and ``labels`` after every metadata check, and their uncompressed size in
-    bytes. Reads no data beyond one attribute."""
+def checked_arrays(fh: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, ScanCost]:
+    """``samples`` and ``labels`` after every metadata check, and what reading them all costs.
+    Reads no data."""
     check_h5_structure(fh)
     for name in ("samples", "labels"):
         if name not in fh:
@@ -293,7 +217,7 @@ def checked_arrays(fh: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, int]:
     n = samples.shape[0]
     if n == 0:
         raise InvalidFileError("'samples' is empty")
-    if n > MAX_SAMPLES or math.prod(samples.shape[1:]) > MAX_SAMPLE_ELEMENTS:
+    if n > MAX_SAMPLES or math.prod(samples.shape[1:]) > MAX_SAMPLE_ELEMENTS or 0 in samples.shape:
         raise InvalidFileError(f"'samples' shape {list(samples.shape)} exceeds the size limits")
     if labels.dtype.kind not in "iuf" or labels.dtype.itemsize > 8 or labels.ndim not in (1, 2):
         raise InvalidFileError(f"'labels' must be N integers or N x K one-hot, got {labels.dtype} {list(labels.shape)}")
@@ -301,24 +225,43 @@ def checked_arrays(fh: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, int]:
         raise InvalidFileError(f"{n} samples but {labels.shape[0]} labels")
     if labels.ndim == 2 and not 1 < labels.shape[1] <= MAX_CLASSES:
         raise InvalidFileError(f"one-hot labels with {labels.shape[1]} columns")
-    nbytes = _declared_bytes("samples", samples) + _declared_bytes("labels", labels)
-    return samples, labels, nbytes
+    band = (labels.chunks[0] if labels.chunks else 1) * math.prod(labels.shape[1:]) * labels.dtype.itemsize
+    if band > MAX_CHUNK_BYTES:  # whole label rows are read at once: a band of chunk rows must stay small
+        raise InvalidFileError(
+            f"'labels' chunks span {band / 2**20:.0f} MiB of whole rows; the limit is {MAX_CHUNK_BYTES // 2**20} MiB"
+        )
+    return samples, labels, _scan_cost("samples", samples) + _scan_cost("labels", labels)
 
 
 # -- HDF5: reading in bounded blocks ------------------------------------------
-def _block_rows(ds: h5py.Dataset) -> int:
-    """Rows per read so that one read is about :data:`SCAN_BLOCK_BYTES`, aligned to chunks."""
-    row_bytes = max(1, math.prod(ds.shape[1:]) * ds.dtype.itemsize)
-    rows = max(1, SCAN_BLOCK_BYTES // row_bytes)
-    chunk_rows = ds.chunks[0] if ds.chunks else 1
-    return rows // chunk_rows * chunk_rows if rows >= chunk_rows else rows
+def _tiles(ds: h5py.Dataset, *, whole_rows: bool = False) -> Iterator[tuple[slice, ...]]:
+    """Slices covering ``ds`` in blocks of about :data:`SCAN_BLOCK_BYTES`, aligned to its chunks
+    so that HDF5 inflates every chunk once (a read that cuts a chunk inflates all of it).
+    A block is never smaller than one chunk; with ``whole_rows`` it spans whole rows."""
+    shape = ds.shape
+    unit = [min(c, s) for c, s in zip(ds.chunks or (1,) * ds.ndim, shape)]
+    if whole_rows:
+        unit[1:] = shape[1:]
+    block, size, units = list(unit), math.prod(unit) * ds.dtype.itemsize, 1
+    for axis in reversed(range(ds.ndim)):
+        # Grow the trailing axes first, by whole units, while the block stays within budget.
+        times = max(1, min(SCAN_BLOCK_BYTES // max(1, size), SCAN_BLOCK_CHUNKS // units))
+        grown = min(shape[axis], unit[axis] * times)
+        size = size // unit[axis] * grown
+        units *= -(-grown // unit[axis])
+        block[axis] = grown
+        if grown < shape[axis]:
+            break
+    for corner in itertools.product(*(range(0, s, b) for s, b in zip(shape, block))):
+        yield tuple(slice(c, min(c + b, s)) for c, b, s in zip(corner, block, shape))
 
 
-def _read(ds: h5py.Dataset, name: str, start: int, stop: int) -> np.ndarray:
+def _read(ds: h5py.Dataset, name: str, where: tuple[slice, ...]) -> np.ndarray:
     try:
-        return ds[start:stop]
-    except Exception as exc:  # a corrupt chunk, a lying index: HDF5 raises OSError and friends
-        raise InvalidFileError(f"'{name}' cannot be read (rows {start}..{stop - 1}): {type(exc).__name__}") from None
+        return ds[where]
+    except READ_ERRORS as exc:  # a corrupt chunk, a lying index (a job's timeout must pass through)
+        rows = f"rows {where[0].start}..{where[0].stop - 1}"
+        raise InvalidFileError(f"'{name}' cannot be read ({rows}): {type(exc).__name__}") from None
 
 
 def _label_vector(block: np.ndarray) -> np.ndarray:
@@ -331,11 +274,10 @@ def _label_vector(block: np.ndarray) -> np.ndarray:
     return block.argmax(axis=1).astype(np.int64)
 
 
-def label_blocks(labels: h5py.Dataset):
-    """``(start, class indexes)`` for consecutive blocks of ``labels``, checked and converted."""
-    rows = _block_rows(labels)
-    for start in range(0, labels.shape[0], rows):
-        yield start, _label_vector(_read(labels, "labels", start, min(labels.shape[0], start + rows)))
+def label_blocks(labels: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, class indexes)`` for consecutive bands of whole rows of ``labels``, checked."""
+    for where in _tiles(labels, whole_rows=True):
+        yield where[0].start, _label_vector(_read(labels, "labels", where))
 
 
 def read_labels(labels: h5py.Dataset) -> np.ndarray:
@@ -349,14 +291,12 @@ def read_labels(labels: h5py.Dataset) -> np.ndarray:
 def scan_arrays(samples: h5py.Dataset, labels: h5py.Dataset) -> dict[str, Any]:
     """Read everything once in blocks: refuse NaN, infinite (after the float32 conversion the
     evaluation does) and negative or out-of-range labels; return value range and class count."""
-    n = samples.shape[0]
     lo, hi = math.inf, -math.inf
-    rows = _block_rows(samples)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        block = np.asarray(_read(samples, "samples", start, stop), dtype=np.float32)
+    for where in _tiles(samples):
+        block = np.asarray(_read(samples, "samples", where), dtype=np.float32)
         if not np.isfinite(block).all():
-            raise InvalidFileError(f"'samples' holds NaN or infinite values as float32 (rows {start}..{stop - 1})")
+            rows = f"rows {where[0].start}..{where[0].stop - 1}"
+            raise InvalidFileError(f"'samples' holds NaN or infinite values as float32 ({rows})")
         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         del block
     max_label = -1
@@ -379,11 +319,11 @@ def inspect_dataset(path: Path, *, scan: bool = True, scan_limit: int | None = N
 
     ``samples`` must be N x C x H x W floats, ``labels`` N integers or N x K one-hot.
     With ``scan`` the whole file is read in blocks (see :func:`scan_arrays`); with
-    ``scan_limit`` only when its uncompressed size is at most that many bytes. The
+    ``scan_limit`` only when that costs at most that many bytes and :data:`INLINE_MAX_CHUNKS`. The
     result has ``value-range`` only when it was scanned (:func:`is_scanned`).
     """
     with open_h5(path) as fh:
-        samples, labels, nbytes = checked_arrays(fh)
+        samples, labels, cost = checked_arrays(fh)
         declared = declared_classes(labels) if labels.ndim == 1 else None
         n = samples.shape[0]
         info: dict[str, Any] = {
@@ -394,7 +334,7 @@ def inspect_dataset(path: Path, *, scan: bool = True, scan_limit: int | None = N
         }
         if labels.ndim == 2 or declared is not None:
             info["n-classes"] = int(labels.shape[1]) if labels.ndim == 2 else declared
-        if scan and (scan_limit is None or nbytes <= scan_limit):
+        if scan and (scan_limit is None or cost.inline(scan_limit)):
             info.update(scan_arrays(samples, labels))
         return info
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.job import JobStatus
 from rq.timeouts import JobTimeoutException
 
@@ -142,7 +142,9 @@ def _outcome(path: Path) -> dict[str, Any]:
     except InvalidFileError as exc:
         return {"status": "rejected", "reason": exc.message}
     except JobTimeoutException:
-        return {"status": "rejected", "reason": f"the scan ran past its time limit ({VALIDATION_TIMEOUT} s)"}
+        job = get_current_job()
+        limit = job.timeout if job is not None else VALIDATION_TIMEOUT
+        return {"status": "rejected", "reason": f"the scan ran past its time limit ({limit} s)"}
     except MemoryError:
         return {"status": "rejected", "reason": "the scan ran out of memory"}
     except Exception as exc:

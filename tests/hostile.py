@@ -142,6 +142,32 @@ def unlimited_maxshape(path: Path) -> Path:
     return path
 
 
+def tiny_chunks(count: int):
+    """``count`` chunks of one value each, none written: cheap to declare, 5-25 us each to visit."""
+
+    def builder(path: Path) -> Path:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("samples", shape=(count // 1024, 1, 32, 32), dtype=np.float32, chunks=(1, 1, 1, 1))
+            _good_labels_of(f, count // 1024)
+        return path
+
+    return builder
+
+
+def slow_to_scan(path: Path) -> Path:
+    """2M one-value chunks, 1.5% of them written: passes every metadata check (compression ratio 64)
+    and goes to a worker, where walking the chunks takes tens of seconds."""
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("samples", shape=(2048, 1, 32, 32), dtype=np.float32, chunks=(1, 1, 1, 1))
+        ds[:32] = 0.5
+        _good_labels_of(f, 2048)
+    return path
+
+
+def _good_labels_of(f: h5py.File, n: int) -> None:
+    f.create_dataset("labels", data=np.arange(n) % 10)
+
+
 def huge_chunk(path: Path) -> Path:
     with h5py.File(path, "w") as f:
         _zeros_by_direct_chunks(f, "samples", (64, 3, 256, 256), (64, 3, 256, 256))
@@ -177,6 +203,8 @@ HDF5_CASES = [
     ("huge declared shape", huge_declared_shape, "compression ratio"),
     ("unlimited maxshape", unlimited_maxshape, "compression ratio"),
     ("huge chunk shape", huge_chunk, "chunks of 48 MiB"),
+    ("millions of tiny chunks", tiny_chunks(4 * 2**20), "compression ratio"),
+    ("more chunks than the cap", tiny_chunks(16 * 2**20), "split into 16777216 chunks"),
     ("num_classes text", num_classes("ten"), "num_classes must be a whole number, got text"),
     ("num_classes array", num_classes(np.array([10, 10])), "num_classes must be one number"),
     ("num_classes negative", num_classes(-3), "num_classes must be a whole number from 2"),

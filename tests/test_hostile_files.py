@@ -82,6 +82,32 @@ def test_the_workers_reader_reads_labels_in_blocks_and_checks_num_classes(tmp_pa
         assert data.n_classes == 12 and np.array_equal(data.labels, assets.y)
 
 
+@pytest.mark.parametrize("chunks", [None, (1, 1, 8, 8), (3, 1, 5, 7), (7, 2, 8, 8), (16, 2, 1, 1), (1, 1, 1, 1)])
+def test_the_chunk_aligned_scan_reads_every_value_once(tmp_path, monkeypatch, chunks):
+    import h5py
+
+    from app import inspection
+
+    monkeypatch.setattr(inspection, "SCAN_BLOCK_BYTES", 300)  # many small blocks, across chunk edges
+    monkeypatch.setattr(inspection, "SCAN_BLOCK_CHUNKS", 5)
+    x = np.random.default_rng(5).normal(size=(16, 2, 8, 8)).astype(np.float32)
+    path = tmp_path / "tiled.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("samples", data=x, chunks=chunks)
+        f.create_dataset("labels", data=np.arange(16) % 7, chunks=(3,) if chunks else None)
+    with h5py.File(path, "r") as f:
+        seen = np.zeros(x.shape, np.int64)
+        for where in inspection._tiles(f["samples"]):
+            seen[where] += 1
+        assert (seen == 1).all(), "the blocks must cover the samples exactly once"
+    info = inspection.inspect_dataset(path)
+    assert info["value-range"] == [float(x.min()), float(x.max())] and info["n-classes"] == 7
+    with h5py.File(path, "r+") as f:
+        f["samples"][15, 1, 7, 7] = np.nan
+    with pytest.raises(InvalidFileError, match="NaN"):
+        inspection.inspect_dataset(path)
+
+
 # -- background validation, with a real worker ------------------------------------
 @pytest.fixture
 def small_inline_budget(monkeypatch):
@@ -91,17 +117,22 @@ def small_inline_budget(monkeypatch):
     monkeypatch.setattr(app.inspection, "INLINE_SCAN_BYTES", 1024)
 
 
-def test_big_upload_is_validated_in_the_background(settings, redis_server, appdata, assets, tmp_path, small_inline_budget):
-    from app import create_app
+def test_big_upload_is_validated_in_the_background(
+    settings, redis_server, appdata, assets, tmp_path, small_inline_budget, monkeypatch
+):
+    from app import create_app, validation
     from app.engine.assets import write_h5
 
+    monkeypatch.setattr(validation, "VALIDATION_TIMEOUT", 3)  # the jobs' RQ time limit, set when enqueued
     queue = f"validate-{uuid.uuid4().hex[:8]}"
     client = create_app({**settings, "queue_name": queue}).test_client()
     good = upload(client, "datasets", assets.dataset)
     bad_path = write_h5(tmp_path / "nan.h5", np.where(assets.x > 0.5, np.nan, assets.x), assets.y, n_classes=10)
     bad = upload(client, "datasets", bad_path)
     assert good.status_code == bad.status_code == 202, (good.get_json(), bad.get_json())
-    good_id, bad_id = good.get_json()["id"], bad.get_json()["id"]
+    slow = upload(client, "datasets", hostile.slow_to_scan(tmp_path / "slow.h5"))
+    assert slow.status_code == 202, slow.get_json()
+    good_id, bad_id, slow_id = good.get_json()["id"], bad.get_json()["id"], slow.get_json()["id"]
     assert client.get(f"/api/datasets/{good_id}").get_json()["status"] == "validating"
     body = {"trained-model": "files/cnn.onnx", "dataset": good_id, "preprocessing": {}}
     r = client.post("/api/security_evaluations", json=body)
@@ -114,11 +145,12 @@ def test_big_upload_is_validated_in_the_background(settings, redis_server, appda
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            views = [client.get(f"/api/datasets/{i}").get_json() for i in (good_id, bad_id)]
+            views = [client.get(f"/api/datasets/{i}").get_json() for i in (good_id, bad_id, slow_id)]
             if all(v["status"] != "validating" for v in views):
                 break
             time.sleep(0.2)
-        ready, rejected = views
+        ready, rejected, timed_out = views
+        assert timed_out["status"] == "rejected" and "time limit (3 s)" in timed_out["reason"], timed_out
         assert ready["status"] == "ready" and ready["n-classes"] == 10 and ready["value-range"][1] <= 1, ready
         assert rejected["status"] == "rejected" and "NaN" in rejected["reason"], rejected
         assert client.post("/api/security_evaluations", json=body).status_code == 202
@@ -177,6 +209,7 @@ def test_hostile_uploads_keep_api_memory_and_answer_time_bounded(redis_server, t
         files += [(c[0], "models", build(c, tmp_path / "onnx", ".onnx"), c[2], 422) for c in hostile.ONNX_CASES]
         files.append(("float64 rows under the inline budget", "datasets", hostile.float64_inline(tmp_path / "f64.h5"), "", 201))
         files.append(("over the inline budget", "datasets", hostile.background_sized(tmp_path / "bg.h5"), "validating", 202))
+        files.append(("2M chunks to walk", "datasets", hostile.slow_to_scan(tmp_path / "slow.h5"), "validating", 202))
         timings = {}
         for name, kind, path, phrase, expected in files:
             assert path.stat().st_size <= 10 * 2**20, name
