@@ -230,3 +230,28 @@ def test_hostile_uploads_keep_api_memory_and_answer_time_bounded(redis_server, t
     finally:
         stop_process(api)
         shutil.rmtree(appdata, ignore_errors=True)
+
+
+def test_named_model_files_obey_the_upload_size_limit(settings, assets):
+    """Parsing an ONNX file costs memory in proportion to its size: a named file gets the upload limit."""
+    from app import create_app
+
+    client = create_app({**settings, "max_upload_mb": 0}).test_client()
+    body = {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", "preprocessing": {}}
+    r = client.post("/api/security_evaluations", json=body)
+    assert r.status_code == 400 and "larger than the 0 MB limit" in r.get_json()["error"], r.get_json()
+
+
+def test_records_from_before_validation_statuses_count_as_ready(client, app, assets):
+    """A dataset recorded by an older release has no status: it is shown ready and can be used."""
+    uploaded = upload(client, "datasets", assets.dataset).get_json()
+    with app.app_context():
+        from app.extensions import get_records
+
+        records = get_records()
+        old = records.file("dataset", uploaded["id"])
+        del old["status"]
+        records.add_file("dataset", old)
+    assert client.get(f"/api/datasets/{uploaded['id']}").get_json()["status"] == "ready"
+    body = {"trained-model": "files/cnn.onnx", "dataset": uploaded["id"], "preprocessing": {}}
+    assert client.post("/api/security_evaluations", json=body).status_code == 202
