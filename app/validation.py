@@ -115,8 +115,12 @@ def scanned_path(records: Records, queue: Queue, path: Path, relative: str) -> d
     cached = records.redis.get(key)
     state = json.loads(cached) if cached else None
     if state is not None and state.get("status") == "validating" and _job_lost(records.redis, state["job"]):
-        records.redis.delete(key)  # the scan was lost: start a new one
-        state = None
+        # The job may have written its outcome (and been deleted) since the first read.
+        cached = records.redis.get(key)
+        state = json.loads(cached) if cached else None
+        if state is not None and state.get("status") == "validating":
+            records.redis.delete(key)  # the scan was lost: start a new one
+            state = None
     if state is None:
         info = inspection.inspect_dataset(path, scan=True, scan_limit=inspection.INLINE_SCAN_BYTES)
         if inspection.is_scanned(info):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import time
 import uuid
@@ -70,7 +71,7 @@ def test_onnx_external_data_anywhere_must_stay_in_the_models_folder(client, asse
 def test_the_workers_reader_refuses_hostile_hdf5_too(tmp_path, case):
     from app.engine.data import H5Dataset
 
-    with pytest.raises(InvalidFileError, match=case[2].split(",")[0][:20]):
+    with pytest.raises(InvalidFileError, match=re.escape(case[2])):
         H5Dataset(build(case, tmp_path, ".h5"))
 
 
