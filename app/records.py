@@ -187,3 +187,13 @@ class Records:
             return []
         raws = self.redis.mget([self.key(kind, i) for i in ids])
         return [json.loads(r) for r in raws if r]
+
+    def update_file(self, kind: str, file_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge ``fields`` into a file's record (a validation outcome); None when it is gone."""
+        key = self.key(kind, file_id)
+        raw = self.redis.get(key)
+        if not raw:
+            return None
+        meta = {**json.loads(raw), **fields}
+        self.redis.set(key, json.dumps(meta), xx=True)
+        return meta

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, jsonify, redirect, request, url_for
 
-from .. import auth, schemas
+from .. import auth, schemas, validation
 from .. import queue as jobqueue
 from ..exceptions import InvalidFileError, NotFoundError, QuotaExceededError, ServiceError, ValidationError
 from ..extensions import get_queue, get_records, get_redis, get_settings, get_storage
-from ..inspection import inspect_dataset, inspect_model
+from ..inspection import inspect_model
 from ..records import STATUSES, TERMINAL
 from .body import json_object
 from .files import KINDS, owned_file
@@ -25,13 +22,25 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 FIELD_KIND = {"trained-model": "model", "dataset": "dataset"}
 
 
+@bp.errorhandler(validation.StillValidating)
+def still_validating(exc: validation.StillValidating):
+    response = jsonify(exc.to_dict())
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response, exc.status
+
+
 def resolve_reference(field: str, ref: str) -> dict[str, Any]:
-    """An uploaded id, or a file name inside the data directory, described and checked."""
+    """An uploaded id, or a file name inside the data directory, described and checked.
+
+    An uploaded file must be ``ready`` (409 while a worker validates it, 422 once rejected);
+    a named file gets the upload's checks (400 naming the field), its full scan cached by
+    path, size and mtime (409 while a worker scans a big one)."""
     kind = FIELD_KIND[field]
-    if re.fullmatch(r"[0-9a-f]{32}", ref) and get_records().file(kind, ref) is not None:
-        meta = owned_file(kind, ref)
+    records = get_records()
+    if re.fullmatch(r"[0-9a-f]{32}", ref) and records.file(kind, ref) is not None:
+        meta = validation.require_ready(records, kind, owned_file(kind, ref), field)
         return {"id": meta["id"], "sha256": meta["sha256"], "path": meta["blob"], "info": meta}
-    storage = get_storage()
+    settings, storage = get_settings(), get_storage()
     try:
         path = storage.resolve_user_path(ref)
     except ServiceError as exc:
@@ -44,25 +53,22 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
     suffixes, _ = KINDS[kind]
     if path.suffix.lower() not in suffixes:
         raise ValidationError(f"{field}: {kind} files must end in {' or '.join(suffixes)}", details={"field": field})
+    if kind == "model" and path.stat().st_size > settings.max_upload_mb * 2**20:
+        # Parsing the protobuf costs memory in proportion to its size: the upload limit applies.
+        limit = settings.max_upload_mb
+        raise ValidationError(f"{field}: the model file is larger than the {limit} MB limit", details={"field": field})
+    relative = str(path.relative_to(storage.root))
     try:
-        info = inspect_model(path, allow_external_data=True) if kind == "model" else _scanned_dataset(path)
+        if kind == "model":
+            info = inspect_model(path, allow_external_data=True)
+        else:
+            info = validation.scanned_path(records, get_queue(), path, relative)
+    except validation.StillValidating as exc:
+        exc.details = {"field": field, "status": "validating"}
+        raise
     except InvalidFileError as exc:
         raise ValidationError(f"{field}: {exc.message}", details={"field": field, "problem": exc.details}) from None
-    return {"id": ref, "sha256": None, "path": str(path.relative_to(storage.root)), "info": info}
-
-
-def _scanned_dataset(path: Path) -> dict[str, Any]:
-    """A full scan (NaN, labels, value range), cached by path, size and mtime: files named
-    in the data directory are re-checked only when they change."""
-    st = path.stat()
-    records = get_records()
-    key = records.key("scan", hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest())
-    cached = records.redis.get(key)
-    if cached:
-        return json.loads(cached)
-    info = inspect_dataset(path)
-    records.redis.set(key, json.dumps(info), ex=7 * 24 * 3600)
-    return info
+    return {"id": ref, "sha256": None, "path": relative, "info": info}
 
 
 def _check_quota() -> None:

@@ -1,4 +1,9 @@
-"""Models and datasets: upload (validated, content-addressed) and listing."""
+"""Models and datasets: upload (validated, content-addressed) and listing.
+
+Every check an upload gets in the request is bounded (see ``app.inspection``). A dataset
+too big to scan inline is stored ``validating`` and answered 202; a worker finishes
+the scan (``app.validation``) and the record becomes ``ready`` or ``rejected``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,22 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 
-from .. import auth
+from .. import auth, inspection, validation
 from ..exceptions import InvalidFileError, NotFoundError, PayloadTooLargeError, ValidationError
-from ..extensions import get_records, get_settings, get_storage
-from ..inspection import inspect_dataset, inspect_model
+from ..extensions import get_queue, get_records, get_settings, get_storage
 from ..records import now
 
 bp = Blueprint("files", __name__, url_prefix="/api")
 
+
+def _inspect_upload(path: Path) -> dict[str, Any]:
+    """Metadata checks always; the full scan only when it fits the inline budget."""
+    return inspection.inspect_dataset(path, scan=True, scan_limit=inspection.INLINE_SCAN_BYTES)
+
+
 KINDS: dict[str, tuple[tuple[str, ...], Callable[[Path], dict[str, Any]]]] = {
-    "model": ((".onnx",), inspect_model),
-    "dataset": ((".h5", ".hdf5"), inspect_dataset),
+    "model": ((".onnx",), inspection.inspect_model),
+    "dataset": ((".h5", ".hdf5"), _inspect_upload),
 }
 
 
@@ -31,7 +41,9 @@ def safe_name(filename: str) -> str:
     return cleaned or "upload"
 
 
-def public_view(meta: dict[str, Any]) -> dict[str, Any]:
+def public_view(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a user sees of a file record, its validation status settled."""
+    meta = validation.current_file(get_records(), kind, meta)
     return {k: v for k, v in meta.items() if k not in ("owner", "blob")}
 
 
@@ -57,6 +69,7 @@ def _upload(kind: str):
         tmp.unlink(missing_ok=True)
         raise
     blob = storage.commit_upload(tmp, sha256, suffix)
+    ready = kind == "model" or inspection.is_scanned(info)
     meta = {
         "id": uuid.uuid4().hex,
         "name": name,
@@ -64,12 +77,20 @@ def _upload(kind: str):
         "size": size,
         "created_at": now(),
         **info,
+        "status": "ready" if ready else "validating",
         "owner": auth.tenant(),
         "blob": str(blob.relative_to(storage.root)),
     }
-    get_records().add_file(kind, meta)
-    response = jsonify(public_view(meta))
-    response.status_code = 201
+    records = get_records()
+    records.add_file(kind, meta)
+    if not ready:
+        try:
+            validation.enqueue_file(get_queue(), kind, meta["id"])
+        except Exception:
+            records.update_file(kind, meta["id"], {"status": "rejected", "reason": "the validation could not be queued"})
+            raise
+    response = jsonify(public_view(kind, meta))
+    response.status_code = 201 if ready else 202
     response.headers["Location"] = url_for("files.get_one", kind=f"{kind}s", file_id=meta["id"], _external=True)
     return response
 
@@ -86,13 +107,13 @@ def upload(kind: str):
 
 @bp.get("/<any(models, datasets):kind>")
 def list_all(kind: str):
-    items = [public_view(m) for m in get_records().files(_kind(kind)) if m.get("owner") == auth.tenant()]
+    items = [public_view(_kind(kind), m) for m in get_records().files(_kind(kind)) if m.get("owner") == auth.tenant()]
     return jsonify({kind: items})
 
 
 @bp.get("/<any(models, datasets):kind>/<file_id>")
 def get_one(kind: str, file_id: str):
-    return jsonify(public_view(owned_file(_kind(kind), file_id)))
+    return jsonify(public_view(_kind(kind), owned_file(_kind(kind), file_id)))
 
 
 def owned_file(kind: str, file_id: str) -> dict[str, Any]:

@@ -78,7 +78,14 @@ def document() -> dict:
             "/api/{kind}": {
                 "parameters": [KIND],
                 "get": {"responses": {**_ok("stored files"), **_errors(401, 404)}},
-                "post": {"requestBody": UPLOAD, "responses": {**_ok("stored", 201), **_errors(400, 401, 404, 408, 413, 422)}},
+                "post": {
+                    "requestBody": UPLOAD,
+                    "responses": {
+                        **_ok("stored, validated (status ready)", 201),
+                        **_ok("stored, validated in the background (status validating)", 202),
+                        **_errors(400, 401, 404, 408, 413, 422),
+                    },
+                },
             },
             "/api/{kind}/{file_id}": {
                 "parameters": [KIND, {"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -97,7 +104,7 @@ def document() -> dict:
                 },
                 "post": {
                     "requestBody": {"required": True, "content": {"application/json": {"schema": EVALUATION_REQUEST}}},
-                    "responses": {**_ok("queued", 202), **_errors(400, 401, 408, 413, 429)},
+                    "responses": {**_ok("queued", 202), **_errors(400, 401, 408, 409, 413, 422, 429)},
                 },
             },
             "/api/security_evaluations/{job_id}": {

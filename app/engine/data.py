@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..exceptions import EvaluationError, InvalidFileError
+from ..exceptions import EvaluationError
+from ..inspection import checked_arrays, declared_classes, open_h5, read_labels
 
 FAST_SEED = 20200101  # fixed: "fast" mode must pick the same samples for every model
 
@@ -17,17 +17,20 @@ class H5Dataset:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        # The same checks as at upload (defence in depth): nothing reaching outside the file,
+        # no chunk or compression ratio that inflates past a bounded read, a sane num_classes.
+        self._file = open_h5(self.path)
         try:
-            self._file = h5py.File(self.path, "r")
-            self.samples = self._file["samples"]
-            labels = self._file["labels"]
-            raw = labels[()]  # labels are small: one integer (or one row) per sample
-        except (OSError, KeyError) as exc:
-            raise InvalidFileError(f"cannot read the dataset: {exc}") from None
-        self.labels = raw.argmax(1).astype(np.int64) if raw.ndim == 2 else raw.astype(np.int64)
-        self.n_classes = int(raw.shape[1]) if raw.ndim == 2 else int(labels.attrs.get("num_classes", self.labels.max() + 1))
-        if len(self.labels) != len(self.samples):
-            raise InvalidFileError(f"{len(self.samples)} samples but {len(self.labels)} labels")
+            self.samples, labels, _ = checked_arrays(self._file)
+            self.labels = read_labels(labels)
+            declared = declared_classes(labels) if labels.ndim == 1 else None
+        except BaseException:
+            self._file.close()
+            raise
+        if labels.ndim == 2:
+            self.n_classes = int(labels.shape[1])
+        else:
+            self.n_classes = declared if declared is not None else int(self.labels.max()) + 1
 
     def __len__(self) -> int:
         return len(self.labels)

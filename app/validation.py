@@ -1,0 +1,186 @@
+"""Dataset scans too big for a request: run by a worker, tracked on the file's record.
+
+An upload whose datasets hold more than ``INLINE_SCAN_BYTES`` uncompressed is stored
+with ``status: validating`` and ``app.validation.validate_file`` is enqueued by name
+(JSON arguments, the evaluations' queue, at its front); the job moves the record to
+``ready`` (with ``n-classes`` and ``value-range``) or ``rejected`` with a ``reason``.
+A dataset named by path gets the same treatment through its scan-cache entry
+(``app.validation.validate_path``). Torch-free: the API imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue, get_current_job
+from rq.job import JobStatus
+from rq.timeouts import JobTimeoutException
+
+from . import inspection
+from . import queue as jobqueue
+from .config import Config
+from .exceptions import ConflictError, InvalidFileError, ServiceError
+from .records import Records
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+VALIDATION_TIMEOUT = 600  # seconds a worker may spend scanning one file
+SCAN_TTL = 7 * 24 * 3600
+RETRY_AFTER = 5
+LIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+
+
+class StillValidating(ConflictError):
+    """A file named in a request is still being scanned by a worker."""
+
+    retry_after = RETRY_AFTER
+
+
+def scan_key(records: Records, path: Path) -> str:
+    """The scan-cache key of a file named by path: a changed file (size or mtime) is scanned again."""
+    st = path.stat()
+    return records.key("scan", hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest())
+
+
+def _enqueue(queue: Queue, function: str, args: tuple[str, ...], job_id: str) -> None:
+    queue.enqueue(
+        f"app.validation.{function}",
+        *args,
+        job_id=job_id,
+        job_timeout=VALIDATION_TIMEOUT,
+        result_ttl=0,
+        failure_ttl=24 * 3600,
+        at_front=True,  # a short job: it must not wait behind queued evaluations
+        description=f"validate {' '.join(args)}",
+    )
+
+
+def file_job_id(kind: str, file_id: str) -> str:
+    return f"validate-{kind}-{file_id}"
+
+
+def enqueue_file(queue: Queue, kind: str, file_id: str) -> None:
+    _enqueue(queue, "validate_file", (kind, file_id), file_job_id(kind, file_id))
+
+
+def _job_lost(connection: redis.Redis, job_id: str) -> bool:
+    """True when the validation job can no longer report: it failed, was stopped, or vanished."""
+    job = jobqueue.fetch_job(connection, job_id)
+    return job is None or job.get_status(refresh=False) not in LIVE
+
+
+LOST = "validation stopped before it finished (its worker died or the job was lost); upload the file again"
+
+
+def current_file(records: Records, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The record with its status settled: old records (no status) are ready, and a record still
+    ``validating`` whose job is gone becomes ``rejected``."""
+    if "status" not in meta:
+        return {**meta, "status": "ready"}
+    if meta["status"] == "validating" and _job_lost(records.redis, file_job_id(kind, meta["id"])):
+        # The job may have finished between the two reads: trust the record if it moved on.
+        fresh = records.file(kind, meta["id"]) or meta
+        if fresh.get("status") == "validating":
+            fresh = records.update_file(kind, meta["id"], {"status": "rejected", "reason": LOST}) or fresh
+        return fresh
+    return meta
+
+
+def require_ready(records: Records, kind: str, meta: dict[str, Any], field: str) -> dict[str, Any]:
+    """The settled record of a file named in ``field``, or 409 (validating) / 422 (rejected)."""
+    meta = current_file(records, kind, meta)
+    if meta["status"] == "validating":
+        raise StillValidating(
+            f"{kind} {meta['id']} is still being validated; retry when its status is ready",
+            details={"field": field, "status": "validating"},
+        )
+    if meta["status"] == "rejected":
+        raise InvalidFileError(
+            f"{field}: {kind} {meta['id']} was rejected: {meta.get('reason', 'invalid file')}",
+            details={"field": field, "status": "rejected"},
+        )
+    return meta
+
+
+def scanned_path(records: Records, queue: Queue, path: Path, relative: str) -> dict[str, Any]:
+    """The full scan of a dataset named by path, cached by path, size and mtime. Small files
+    are scanned here; bigger ones by a worker, and until it is done this raises :class:`StillValidating`."""
+    key = scan_key(records, path)
+    cached = records.redis.get(key)
+    state = json.loads(cached) if cached else None
+    if state is not None and state.get("status") == "validating" and _job_lost(records.redis, state["job"]):
+        # The job may have written its outcome (and been deleted) since the first read.
+        cached = records.redis.get(key)
+        state = json.loads(cached) if cached else None
+        if state is not None and state.get("status") == "validating":
+            records.redis.delete(key)  # the scan was lost: start a new one
+            state = None
+    if state is None:
+        info = inspection.inspect_dataset(path, scan=True, scan_limit=inspection.INLINE_SCAN_BYTES)
+        if inspection.is_scanned(info):
+            records.redis.set(key, json.dumps({**info, "status": "ready"}), ex=SCAN_TTL)
+            return info
+        job_id = f"validate-path-{key.rsplit(':', 1)[-1][:32]}"
+        if records.redis.set(key, json.dumps({"status": "validating", "job": job_id}), nx=True, ex=SCAN_TTL):
+            _enqueue(queue, "validate_path", (relative,), job_id)
+        state = {"status": "validating"}
+    status = state.pop("status", "ready")  # entries cached before statuses existed are ready
+    if status == "validating":
+        raise StillValidating(f"dataset {relative} is still being validated; retry when its status is ready")
+    if status == "rejected":
+        raise InvalidFileError(state.get("reason", "invalid file"))
+    return state
+
+
+# -- the jobs (run by a worker) ---------------------------------------------------
+def _outcome(path: Path) -> dict[str, Any]:
+    """``status`` ready plus the scan, or rejected plus a reason; never raises for a bad file."""
+    try:
+        return {"status": "ready", **inspection.inspect_dataset(path, scan=True)}
+    except InvalidFileError as exc:
+        return {"status": "rejected", "reason": exc.message}
+    except JobTimeoutException:
+        job = get_current_job()
+        limit = job.timeout if job is not None else VALIDATION_TIMEOUT
+        return {"status": "rejected", "reason": f"the scan ran past its time limit ({limit} s)"}
+    except MemoryError:
+        return {"status": "rejected", "reason": "the scan ran out of memory"}
+    except Exception as exc:
+        log.exception("validation of %s failed", path)
+        return {"status": "rejected", "reason": f"the file cannot be read: {type(exc).__name__}"}
+
+
+def _context() -> tuple[Records, Storage]:
+    from .extensions import connect
+
+    settings = Config.from_env()
+    return Records(connect(settings), settings.key_prefix), Storage(settings.appdata)
+
+
+def validate_file(kind: str, file_id: str) -> str | None:
+    """RQ job: scan an uploaded file and move its record to ``ready`` or ``rejected``."""
+    records, storage = _context()
+    meta = records.file(kind, file_id)
+    if meta is None or meta.get("status") != "validating":
+        return None
+    try:
+        outcome = _outcome(storage.resolve_user_path(meta["blob"]))
+    except ServiceError as exc:
+        outcome = {"status": "rejected", "reason": exc.message}
+    records.update_file(kind, file_id, outcome)
+    return outcome["status"]
+
+
+def validate_path(relative: str) -> str:
+    """RQ job: scan a dataset named by path and cache the outcome under its scan key."""
+    records, storage = _context()
+    path = storage.resolve_user_path(relative)
+    outcome = _outcome(path)
+    records.redis.set(scan_key(records, path), json.dumps(outcome), ex=SCAN_TTL)
+    return outcome["status"]
