@@ -15,8 +15,11 @@ from ..exceptions import InvalidFileError, NotFoundError, PayloadTooLargeError, 
 from ..extensions import get_records, get_settings, get_storage
 from ..inspection import inspect_dataset, inspect_model
 from ..records import now
+from .listing import page_args, page_body
 
 bp = Blueprint("files", __name__, url_prefix="/api")
+
+FILE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 KINDS: dict[str, tuple[tuple[str, ...], Callable[[Path], dict[str, Any]]]] = {
     "model": ((".onnx",), inspect_model),
@@ -86,8 +89,10 @@ def upload(kind: str):
 
 @bp.get("/<any(models, datasets):kind>")
 def list_all(kind: str):
-    items = [public_view(m) for m in get_records().files(_kind(kind)) if m.get("owner") == auth.tenant()]
-    return jsonify({kind: items})
+    """The caller's models or datasets, oldest first, a page at a time (``limit``, ``cursor``)."""
+    limit, after = page_args(FILE_ID_RE)
+    metas, cursor = get_records().file_page(_kind(kind), auth.tenant(), limit, after)
+    return jsonify(page_body(kind, [public_view(m) for m in metas], cursor))
 
 
 @bp.get("/<any(models, datasets):kind>/<file_id>")
@@ -96,7 +101,7 @@ def get_one(kind: str, file_id: str):
 
 
 def owned_file(kind: str, file_id: str) -> dict[str, Any]:
-    meta = get_records().file(kind, file_id) if re.fullmatch(r"[0-9a-f]{32}", file_id) else None
+    meta = get_records().file(kind, file_id) if FILE_ID_RE.fullmatch(file_id) else None
     if meta is None:
         raise NotFoundError(f"no {kind} with id {file_id!r}")
     auth.check_owner(meta.get("owner", auth.PUBLIC), kind)
