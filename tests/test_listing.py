@@ -1,0 +1,218 @@
+"""Listing at scale (issue 7, class 8): every list is paginated and reads only the caller's
+own index, so 100,000 jobs of other tenants cost one tenant's listing nothing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import statistics
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+
+from app.records import Records
+
+REQUEST = {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", "attack": "pgd"}
+
+
+def store_jobs(records: Records, owner: str, n: int) -> list[str]:
+    """Jobs stored directly, in the order lists show them: by creation time, then by id."""
+    ids = [records.create_evaluation(REQUEST, owner, {}) for _ in range(n)]
+    created = {rec["job_id"]: rec["created_at"] for rec in records.evaluations(ids)}
+    return sorted(ids, key=lambda i: (created[i], i))
+
+
+def follow(client, url: str, key: str) -> tuple[list[dict], int]:
+    """Every item of a list, page by page through ``links.next``; returns them and the page count."""
+    items, pages = [], 0
+    while url:
+        r = client.get(url)
+        assert r.status_code == 200, r.get_json()
+        page = r.get_json()
+        items += page[key]
+        pages += 1
+        assert page["count"] == len(page[key])
+        url = page.get("links", {}).get("next")
+        if url:
+            assert page["next-cursor"] in url
+            parts = urlsplit(url)
+            url = f"{parts.path}?{parts.query}"
+    return items, pages
+
+
+@pytest.fixture
+def conn(redis_server):
+    return redis.Redis.from_url(redis_server.url)
+
+
+def test_lists_are_paginated_in_creation_order_and_survive_deletes(client, conn):
+    records = Records(conn)
+    mine = store_jobs(records, "public", 25)
+    store_jobs(records, "someone-else", 5)
+    items, pages = follow(client, "/api/security_evaluations?limit=10", "evaluations")
+    assert [i["job_id"] for i in items] == mine and pages == 3
+    first = client.get("/api/security_evaluations?limit=10").get_json()
+    assert first["count"] == 10 and first["links"]["next"].startswith("http")
+    # The cursor's own entry deleted between pages: the next page goes on after it, nothing repeated or skipped.
+    assert client.delete(f"/api/security_evaluations/{mine[9]}").status_code == 200
+    second = client.get(f"/api/security_evaluations?limit=10&cursor={first['next-cursor']}").get_json()
+    assert [i["job_id"] for i in second["evaluations"]] == mine[10:20]
+    # Default limit 100: one page, no next.
+    everything = client.get("/api/security_evaluations").get_json()
+    assert everything["count"] == 24 and "next-cursor" not in everything
+
+
+def test_status_filter_pages_through_the_tenants_own_index(client, conn):
+    records = Records(conn)
+    mine = store_jobs(records, "public", 30)
+    failed = mine[3::4]
+    for job_id in failed:
+        records.set_status(job_id, "failed", error="x")
+    items, _ = follow(client, "/api/security_evaluations?status=failed&limit=2", "evaluations")
+    assert [i["job_id"] for i in items] == failed
+    assert all(i["job-status"] == "failed" for i in items)
+    queued, _ = follow(client, "/api/security_evaluations?status=queued&limit=7", "evaluations")
+    assert [i["job_id"] for i in queued] == [j for j in mine if j not in failed]
+    assert client.get("/api/security_evaluations?status=finished").get_json() == {"evaluations": [], "count": 0}
+
+
+def test_models_and_datasets_are_paginated_per_tenant(settings, assets):
+    from app import create_app
+
+    client = create_app({**settings, "api_keys": {"ka": "alice", "kb": "bob"}}).test_client()
+    ids = []
+    for i in range(5):
+        for key in ("ka", "kb"):
+            r = client.post(
+                "/api/models",
+                headers={"X-API-Key": key},
+                content_type="multipart/form-data",
+                data={"file": (io.BytesIO(assets.model.read_bytes()), f"m{i}.onnx")},
+            )
+            assert r.status_code == 201
+            if key == "ka":
+                ids.append(r.get_json()["id"])
+
+    class Alice:
+        def get(self, url):
+            return client.get(url, headers={"X-API-Key": "ka"})
+
+    items, pages = follow(Alice(), "/api/models?limit=2", "models")
+    assert [m["id"] for m in items] == ids and pages == 3
+    assert client.get("/api/datasets?limit=1", headers={"X-API-Key": "ka"}).get_json() == {"datasets": [], "count": 0}
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=", "limit"),
+        ("cursor=", "cursor"),
+        ("cursor=!!!", "cursor"),
+        ("cursor=" + "A" * 300, "cursor"),
+        ("cursor=" + _b64("nan|0b6f3a51-7c1f-4f55-9a58-5f1f0c8f5f00"), "cursor"),
+        ("cursor=" + _b64("1.5|*"), "cursor"),
+        ("cursor=" + _b64("1.5"), "cursor"),
+        ("cursor=%FF%FE", "cursor"),
+        ("cursor=" + base64.urlsafe_b64encode(b"\xff\xfe|x").decode(), "cursor"),
+    ],
+)
+def test_garbage_limit_and_cursor_are_a_400(client, query, field):
+    for path in ("/api/security_evaluations", "/api/models", "/api/datasets"):
+        r = client.get(f"{path}?{query}")
+        body = r.get_json()
+        assert r.status_code == 400 and body["details"]["field"] == field, (path, query, body)
+
+
+def test_a_cursor_from_one_list_is_refused_by_another(client, conn):
+    from app.paging import Cursor
+
+    store_jobs(Records(conn), "public", 3)
+    cursor = client.get("/api/security_evaluations?limit=1").get_json()["next-cursor"]
+    assert client.get(f"/api/models?cursor={cursor}").status_code == 400
+    model_cursor = Cursor(1.0, "0" * 32).encode()
+    assert client.get(f"/api/security_evaluations?cursor={model_cursor}").status_code == 400
+
+
+def _commandstats(conn) -> dict[str, int]:
+    return {name: stat["calls"] for name, stat in conn.info("commandstats").items()}
+
+
+def _listing_cost(client, conn, path: str) -> dict[str, int]:
+    before = _commandstats(conn)
+    r = client.get(path)
+    after = _commandstats(conn)
+    assert r.status_code == 200
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    # Connection upkeep (the client's periodic PING, the handshake) and this count itself read no data.
+    return {k: v for k, v in delta.items() if k not in ("cmdstat_info", "cmdstat_ping", "cmdstat_hello", "cmdstat_client")}
+
+
+def _median_ms(client, path: str, runs: int = 200) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        assert client.get(path).status_code == 200
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def test_listing_ten_jobs_costs_the_same_with_100k_of_other_tenants(appdata, tmp_path, capsys):
+    """100,000 jobs of 1,000 other tenants stored through Records, then one tenant's 10 listed:
+    Redis counts the commands the listing ran, and none reads another tenant's records.
+    A Redis of its own, so no worker's commands (or recovery sweep) mix into the count."""
+    from app import create_app
+    from app.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        _measure(
+            create_app({"redis_url": server.url, "appdata": str(appdata)}).test_client(), redis.Redis.from_url(server.url), capsys
+        )
+
+
+def _measure(client, conn, capsys) -> None:
+    prefix = "secev"
+    records = Records(conn, prefix)
+    mine = store_jobs(records, "public", 10)
+    client.get("/api/security_evaluations")  # opens the app's connection (HELLO, CLIENT SETNAME...) outside the count
+    cost_alone = _listing_cost(client, conn, "/api/security_evaluations")
+    ms_alone = _median_ms(client, "/api/security_evaluations")
+
+    t0 = time.perf_counter()
+    pipe = conn.pipeline(transaction=False)
+    bulk = Records(pipe, prefix)
+    for i in range(100_000):
+        bulk.create_evaluation(REQUEST, f"tenant-{i % 1000}", {})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    stored_s = time.perf_counter() - t0
+    while any(conn.info("persistence")[k] for k in ("aof_rewrite_in_progress", "rdb_bgsave_in_progress")):
+        time.sleep(0.2)  # the timing below is of the listing, not of a background rewrite of 100k writes
+    assert conn.zcard(f"{prefix}:evaluations:by-owner:tenant-7") == 100
+
+    cost = _listing_cost(client, conn, "/api/security_evaluations")
+    ms_crowded = _median_ms(client, "/api/security_evaluations")
+    listed = client.get("/api/security_evaluations").get_json()
+    assert [i["job_id"] for i in listed["evaluations"]] == mine
+    # Ten records read, one index range: the same commands as with nobody else stored.
+    assert cost.get("cmdstat_hgetall") == 10, cost
+    assert cost == cost_alone, (cost, cost_alone)
+    assert sum(cost.values()) <= 12, cost
+    assert not {"cmdstat_scan", "cmdstat_keys", "cmdstat_smembers", "cmdstat_mget"} & set(cost), cost
+    filtered = _listing_cost(client, conn, "/api/security_evaluations?status=queued")
+    assert filtered.get("cmdstat_hget") == 10 and filtered.get("cmdstat_hgetall") == 10, filtered
+    with capsys.disabled():
+        print(
+            f"\nlisting 10 jobs: median {ms_alone:.2f} ms alone, {ms_crowded:.2f} ms with 100,000 other jobs stored "
+            f"(stored in {stored_s:.1f} s); Redis commands per listing: {cost}"
+        )
