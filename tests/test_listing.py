@@ -216,3 +216,24 @@ def _measure(client, conn, capsys) -> None:
             f"\nlisting 10 jobs: median {ms_alone:.2f} ms alone, {ms_crowded:.2f} ms with 100,000 other jobs stored "
             f"(stored in {stored_s:.1f} s); Redis commands per listing: {cost}"
         )
+
+
+def test_records_from_before_the_per_tenant_indexes_are_moved_into_them(client, conn):
+    """Data written by the previous version (global zsets only) is listed and counted after upgrade."""
+    import json
+    import uuid
+
+    old_job, old_done, old_model = str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex
+    for job_id, status, created in ((old_job, "queued", 1.0), (old_done, "finished", 1.5)):
+        fields = {"status": status, "owner": "public", "request": "{}", "created_at": created}
+        conn.hset(f"secev:evaluation:{job_id}", mapping=fields)
+        conn.zadd("secev:evaluations", {job_id: created})
+    conn.set(f"secev:model:{old_model}", json.dumps({"id": old_model, "owner": "public", "created_at": 2.0}))
+    conn.zadd("secev:models", {old_model: 2.0})
+    conn.zadd("secev:evaluations", {str(uuid.uuid4()): 3.0})  # its record is gone
+    assert client.get("/api/security_evaluations").get_json()["count"] == 0
+    assert Records(conn).index_legacy() == 4
+    assert [e["job_id"] for e in client.get("/api/security_evaluations").get_json()["evaluations"]] == [old_job, old_done]
+    assert [m["id"] for m in client.get("/api/models").get_json()["models"]] == [old_model]
+    assert conn.smembers("secev:active:by-owner:public") == {old_job.encode()}
+    assert not conn.exists("secev:evaluations", "secev:models") and Records(conn).index_legacy() == 0

@@ -38,8 +38,7 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
     settings, storage = get_settings(), get_storage()
     if not settings.file_references:
         raise ValidationError(
-            f"{field}: file references are disabled on this service (FILE_REFERENCES=off): "
-            f"upload the {kind} and pass its id",
+            f"{field}: file references are disabled on this service (FILE_REFERENCES=off): upload the {kind} and pass its id",
             details={"field": field},
         )
     scope = file_scope(auth.tenant(), bool(settings.api_keys))
