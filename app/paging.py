@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import math
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import redis
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_CURSOR_CHARS = 200
+MAX_TIED = 10_000  # entries sharing one creation millisecond read to place a deleted cursor
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,11 @@ def walk(conn: redis.Redis, index: str, after: Cursor | None, count: int) -> lis
     if after is not None:
         rank = conn.zrank(index, after.member)
         if rank is None:
-            # The cursor's entry was deleted: continue after its score instead.
-            raw = conn.zrangebyscore(index, f"({after.score!r}", "+inf", start=0, num=count, withscores=True)
-            return [(m.decode(), s) for m, s in raw]
+            # The cursor's entry was deleted: find where it stood among the entries of its score
+            # (equal scores are ordered by id), so none created in the same millisecond is skipped.
+            below = conn.zcount(index, "-inf", f"({after.score!r}")
+            tied = conn.zrangebyscore(index, after.score, after.score, start=0, num=MAX_TIED)
+            rank = below + bisect.bisect_left(tied, after.member.encode()) - 1
         start = rank + 1
     return [(m.decode(), s) for m, s in conn.zrange(index, start, start + count - 1, withscores=True)]
 
