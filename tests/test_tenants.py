@@ -61,27 +61,33 @@ def tenant_files(assets):
     return assets.dir
 
 
-def test_named_files_never_reach_the_services_own_folders_or_another_tenant(settings, appdata, assets, tenant_files):
+@pytest.fixture
+def planted(appdata, assets, tenant_files):
+    """Valid HDF5 files in each of the service's own folders and in bob's: only their place
+    can refuse them. Removed afterwards (other tests check that uploads/ is left empty)."""
     from app.engine.assets import write_h5
 
+    job_dir = appdata / "evaluations" / str(uuid.uuid4())
+    paths = [job_dir / "samples.h5", appdata / "uploads" / "partial.h5", appdata / "redis" / "dump.h5"]
+    paths.append(tenant_files / "bob" / "secret.h5")
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_h5(path, assets.x[:8], assets.y[:8], n_classes=10)
+    yield paths
+    for path in paths:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def test_named_files_never_reach_the_services_own_folders_or_another_tenant(settings, appdata, assets, tenant_files, planted):
     client = make_app(settings, api_keys=KEYS).test_client()
     bobs = upload(client, "datasets", assets.dataset, BOB)
     bob_blob = f"blobs/{bobs['sha256'][:2]}/{bobs['sha256']}.h5"
     assert (appdata / bob_blob).is_file()
-    # Valid HDF5 files in each of the service's folders: only their place can refuse them.
-    planted = {
-        "evaluations": appdata / "evaluations" / str(uuid.uuid4()) / "samples.h5",
-        "uploads": appdata / "uploads" / "partial.h5",
-        "redis": appdata / "redis" / "dump.h5",
-        "bob's folder": tenant_files / "bob" / "secret.h5",
-    }
-    for path in planted.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_h5(path, assets.x[:8], assets.y[:8], n_classes=10)
     link = tenant_files / "alice" / "link.h5"
     link.unlink(missing_ok=True)
     os.symlink(appdata / bob_blob, link)
-    names = [bob_blob, *(p.relative_to(appdata).as_posix() for p in planted.values()), "files/alice/link.h5", "files/val.h5"]
+    names = [bob_blob, *(p.relative_to(appdata).as_posix() for p in planted), "files/alice/link.h5", "files/val.h5"]
     own = "files/alice"
     for name in names:
         out = refused(client, ALICE, "dataset", name, own)
