@@ -11,10 +11,11 @@ import hmac
 
 from flask import g, request
 
+from .config import PUBLIC
 from .exceptions import NotFoundError, UnauthorizedError
 from .extensions import get_settings
 
-PUBLIC = "public"
+__all__ = ["PUBLIC", "authenticate", "check_owner", "tenant"]
 OPEN_PATHS = ("/api/health", "/api/openapi.json")
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,18 @@ class Client:
 
     def delete(self, job_id: str) -> dict[str, Any]:
         return self.json("DELETE", f"/api/security_evaluations/{job_id}")
+
+    def items(self, what: str, *, status: str | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every item of a list (``security_evaluations``, ``models`` or ``datasets``), oldest
+        first, fetched a page at a time."""
+        key = "evaluations" if what == "security_evaluations" else what
+        query: dict[str, Any] = {"limit": page_size, **({"status": status} if status else {})}
+        while True:
+            page = self.json("GET", f"/api/{what}?{urllib.parse.urlencode(query)}")
+            yield from page[key]
+            if not page.get("next-cursor"):
+                return
+            query["cursor"] = page["next-cursor"]
 
     def wait(
         self, job_id: str, *, timeout: float = 600, poll: float = 0.5, on_status: Callable[[dict[str, Any]], None] | None = None

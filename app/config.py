@@ -6,16 +6,30 @@ is how the tests build isolated apps.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+PUBLIC = "public"  # the one tenant of a service run without API keys
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw not in (None, "") else default
+
+
+def _env_switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be 'on' or 'off', got {raw!r}")
 
 
 def _load_api_keys() -> dict[str, str]:
@@ -33,6 +47,12 @@ def _load_api_keys() -> dict[str, str]:
     return parse_api_keys(entries)
 
 
+def key_tenant(key: str) -> str:
+    """The tenant of a bare key: a hash of the whole key, so keys sharing a prefix stay apart
+    and the name reveals nothing usable about the key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def parse_api_keys(entries: list[str]) -> dict[str, str]:
     """Map key -> tenant name from ``tenant:key`` or bare ``key`` entries."""
     keys: dict[str, str] = {}
@@ -40,8 +60,11 @@ def parse_api_keys(entries: list[str]) -> dict[str, str]:
         entry = entry.strip()
         tenant, sep, key = entry.partition(":")
         if not sep:
-            tenant, key = f"key-{entry[:6]}", entry
-        keys[key.strip()] = tenant.strip()
+            tenant, key = key_tenant(entry), entry
+        key, tenant = key.strip(), tenant.strip()
+        if not key or not tenant:
+            raise ValueError("an API_KEYS entry has an empty key or tenant name")
+        keys[key] = tenant
     return keys
 
 
@@ -58,6 +81,7 @@ class Config:
     max_perturbation_values: int = 50
     api_keys: dict[str, str] = field(default_factory=dict)
     max_concurrent_jobs: int = 0
+    file_references: bool = True
     key_prefix: str = "secev"
 
     @classmethod
@@ -71,6 +95,7 @@ class Config:
             job_timeout=_env_int("JOB_TIMEOUT", 24 * 3600),
             api_keys=_load_api_keys(),
             max_concurrent_jobs=_env_int("MAX_CONCURRENT_JOBS", 0),
+            file_references=_env_switch("FILE_REFERENCES", True),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

@@ -24,7 +24,7 @@ from .config import Config
 from .exceptions import ServiceError
 from .extensions import connect
 from .records import Records
-from .storage import Storage, sha256_file
+from .storage import Storage, file_scope, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,9 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
     lease.start()
     try:
         resolved = rec["resolved"]
-        model_path = storage.resolve_user_path(resolved["model"]["path"])
-        dataset_path = storage.resolve_user_path(resolved["dataset"]["path"])
+        scope = file_scope(rec["owner"], bool(settings.api_keys))
+        model_path = storage.job_input(resolved["model"], scope, settings.file_references)
+        dataset_path = storage.job_input(resolved["dataset"], scope, settings.file_references)
         output = evaluate(
             rec["request"],
             model_path,

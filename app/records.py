@@ -4,13 +4,17 @@ Key layout (prefix ``secev`` by default; nothing but the scan cache expires)::
 
     secev:evaluation:<id>    hash   status, owner, request (JSON), created/started/ended
                                     timestamps, error, details, progress-done/-total, attempt
-    secev:evaluations        zset   evaluation ids scored by creation time
+    secev:evaluations:by-owner:<tenant>  zset  that tenant's evaluation ids scored by creation time
     secev:active             set    ids of evaluations that are queued or started
+    secev:active:by-owner:<tenant>       set   the same, one tenant's (the MAX_CONCURRENT_JOBS count)
     secev:result:<id>        string the finished output (JSON), written once
     secev:lease:<id>         string the worker holding a running job; expires unless renewed
     secev:scan:<hash>        string cached scan of a dataset named by path (the one key with a TTL)
     secev:model:<id>         string model description (JSON); same for dataset:<id>
-    secev:models             zset   model ids by upload time; same for datasets
+    secev:models:by-owner:<tenant>       zset  that tenant's model ids by upload time; same for datasets
+
+Lists read only the caller's own ``by-owner`` index, a page at a time (``app.paging``):
+their cost does not grow with other tenants' records.
 
 Values are JSON text. Nothing read from Redis is ever unpickled.
 """
@@ -24,12 +28,51 @@ from typing import Any
 
 import redis
 
+from .exceptions import QuotaExceededError
+from .paging import Cursor, page, walk
+
 TERMINAL = ("finished", "failed", "canceled")
 STATUSES = ("queued", "started", *TERMINAL)
 
 
+SCAN_BUDGET = 2000  # index entries one status-filtered page may examine
+
+# Count the owner's unfinished jobs (dropping ids whose record is gone or ended, whatever
+# left them behind) and create the record only below the limit, in one atomic step.
+# KEYS: record, owner's active set, active set, owner's index.
+# ARGV: limit, job id, created, record key prefix, then field/value pairs. Returns -1 or the count.
+CREATE_SCRIPT = """
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local st = redis.call('HGET', ARGV[4] .. id, 'status')
+    if st == false or ENDED then
+      redis.call('SREM', KEYS[2], id)
+    else
+      n = n + 1
+    end
+  end
+  if n >= limit then return n end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+return -1
+""".replace("ENDED", " or ".join(f"st == '{s}'" for s in TERMINAL))
+
+
 def now() -> float:
     return round(time.time(), 3)
+
+
+def _owner_and_status(raw: Any) -> tuple[str | None, str | None]:
+    """(owner, status) from an evaluation's ``HMGET owner status`` or a file's JSON (no status)."""
+    if isinstance(raw, list):
+        owner, status = raw
+        return (owner.decode() if owner else None), (status.decode() if status else None)
+    return (json.loads(raw).get("owner", "public") if raw else None), None
 
 
 class Records:
@@ -38,12 +81,20 @@ class Records:
     def __init__(self, connection: redis.Redis, prefix: str = "secev") -> None:
         self.redis = connection
         self.prefix = prefix
+        self._create = connection.register_script(CREATE_SCRIPT)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def owner_index(self, what: str, owner: str) -> str:
+        """One tenant's index of ``evaluations``, ``models`` or ``datasets``."""
+        return self.key(what, "by-owner", owner)
+
     # -- evaluations ---------------------------------------------------------
-    def create_evaluation(self, request: dict[str, Any], owner: str, extra: dict[str, Any]) -> str:
+    def create_evaluation(self, request: dict[str, Any], owner: str, extra: dict[str, Any], limit: int = 0) -> str:
+        """Store a queued evaluation and return its id. With ``limit`` > 0, refuse it
+        (``QuotaExceededError``) when the owner already has that many unfinished, atomically:
+        concurrent submits cannot exceed it. Works on a pipeline too (with no limit)."""
         job_id = str(uuid.uuid4())
         created = now()
         fields = {
@@ -56,11 +107,21 @@ class Records:
             "progress-total": 0,
             "attempt": 0,
         }
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.key("evaluation", job_id), mapping=fields)
-            pipe.zadd(self.key("evaluations"), {job_id: created})
-            pipe.sadd(self.key("active"), job_id)
-            pipe.execute()
+        keys = [
+            self.key("evaluation", job_id),
+            self.key("active", "by-owner", owner),
+            self.key("active"),
+            self.owner_index("evaluations", owner),
+        ]
+        args: list[Any] = [limit, job_id, created, self.key("evaluation", "")]
+        for name, value in fields.items():
+            args += [name, value]
+        count = self._create(keys=keys, args=args, client=self.redis)
+        if limit > 0 and count != -1:
+            raise QuotaExceededError(
+                f"at most {limit} unfinished evaluations per API key; {count} are queued or running",
+                details={"limit": limit, "unfinished": count},
+            )
         return job_id
 
     def evaluation(self, job_id: str) -> dict[str, Any] | None:
@@ -96,8 +157,67 @@ class Records:
                 out["details"] = json.loads(rec["details"])
         return out
 
-    def evaluation_ids(self) -> list[str]:
-        return [i.decode() for i in self.redis.zrange(self.key("evaluations"), 0, -1)]
+    def evaluation_page(
+        self, owner: str, limit: int, after: Cursor | None = None, status: str | None = None
+    ) -> tuple[list[dict[str, Any]], Cursor | None]:
+        """One page of the owner's evaluations, oldest first, and the next page's cursor.
+
+        With ``status``, the owner's index is walked from the cursor reading only each entry's
+        status, at most ``SCAN_BUDGET`` entries a page: a page may come back short (even empty)
+        with a cursor to go on from.
+        """
+        index = self.owner_index("evaluations", owner)
+        if status is None:
+            ids, cursor = page(self.redis, index, after, limit)
+            return self.evaluations(ids), cursor
+        matched: list[str] = []
+        cursor, scanned, exhausted = after, 0, False
+        while len(matched) < limit and scanned < SCAN_BUDGET and not exhausted:
+            want = min(SCAN_BUDGET - scanned, max(limit, 100))
+            batch = walk(self.redis, index, cursor, want)
+            exhausted = len(batch) < want
+            with self.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in batch:
+                    pipe.hget(self.key("evaluation", job_id), "status")
+                statuses = pipe.execute()
+            for (job_id, score), st in zip(batch, statuses):
+                cursor, scanned = Cursor(score, job_id), scanned + 1
+                if st is not None and st.decode() == status:
+                    matched.append(job_id)
+                    if len(matched) == limit:
+                        exhausted = False  # stopped inside the batch: more may follow
+                        break
+        more = not exhausted and cursor is not None and bool(walk(self.redis, index, cursor, 1))
+        records = [rec for rec in self.evaluations(matched) if rec["job-status"] == status]
+        return records, (cursor if more else None)
+
+    def index_legacy(self, batch: int = 500) -> int:
+        """Move records stored before the per-tenant indexes (listed in the global ``evaluations``,
+        ``models`` and ``datasets`` zsets) into their owners' indexes and active sets, emptying
+        the global zsets; returns how many entries it took. Idempotent, and safe in several workers at once."""
+        moved = 0
+        for what, kind in (("evaluations", "evaluation"), ("models", "model"), ("datasets", "dataset")):
+            old = self.key(what)
+            while entries := [(m.decode(), score) for m, score in self.redis.zrange(old, 0, batch - 1, withscores=True)]:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for member, _ in entries:
+                        if kind == "evaluation":
+                            pipe.hmget(self.key(kind, member), "owner", "status")
+                        else:
+                            pipe.get(self.key(kind, member))
+                    raws = pipe.execute()
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for (member, score), raw in zip(entries, raws):
+                        owner, status = _owner_and_status(raw)
+                        if owner is None:
+                            continue  # deleted meanwhile
+                        pipe.zadd(self.owner_index(what, owner), {member: score})
+                        if status is not None and status not in TERMINAL:
+                            pipe.sadd(self.key("active", "by-owner", owner), member)
+                    pipe.zrem(old, *[member for member, _ in entries])
+                    pipe.execute()
+                moved += len(entries)
+        return moved
 
     def set_status(self, job_id: str, status: str, **fields: Any) -> None:
         mapping: dict[str, Any] = {"status": status}
@@ -113,13 +233,15 @@ class Records:
             while True:
                 try:
                     pipe.watch(key)
-                    if not pipe.exists(key):
+                    owner = pipe.hget(key, "owner")
+                    if owner is None:
                         pipe.reset()
                         return
                     pipe.multi()
                     pipe.hset(key, mapping=mapping)
                     if status in TERMINAL:
                         pipe.srem(self.key("active"), job_id)
+                        pipe.srem(self.key("active", "by-owner", owner.decode()), job_id)
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -155,10 +277,13 @@ class Records:
             self.redis.hset(key, mapping={"progress-done": done, "progress-total": total})
 
     def delete_evaluation(self, job_id: str) -> None:
+        owner = self.redis.hget(self.key("evaluation", job_id), "owner")
         with self.redis.pipeline() as pipe:
             pipe.delete(self.key("evaluation", job_id), self.key("result", job_id), self.key("lease", job_id))
-            pipe.zrem(self.key("evaluations"), job_id)
             pipe.srem(self.key("active"), job_id)
+            if owner is not None:
+                pipe.zrem(self.owner_index("evaluations", owner.decode()), job_id)
+                pipe.srem(self.key("active", "by-owner", owner.decode()), job_id)
             pipe.execute()
 
     # -- results -------------------------------------------------------------
@@ -174,19 +299,20 @@ class Records:
     def add_file(self, kind: str, meta: dict[str, Any]) -> None:
         with self.redis.pipeline() as pipe:
             pipe.set(self.key(kind, meta["id"]), json.dumps(meta))
-            pipe.zadd(self.key(f"{kind}s"), {meta["id"]: meta["created_at"]})
+            pipe.zadd(self.owner_index(f"{kind}s", meta["owner"]), {meta["id"]: meta["created_at"]})
             pipe.execute()
 
     def file(self, kind: str, file_id: str) -> dict[str, Any] | None:
         raw = self.redis.get(self.key(kind, file_id))
         return json.loads(raw) if raw else None
 
-    def files(self, kind: str) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.redis.zrange(self.key(f"{kind}s"), 0, -1)]
-        if not ids:
-            return []
-        raws = self.redis.mget([self.key(kind, i) for i in ids])
-        return [json.loads(r) for r in raws if r]
+    def file_page(
+        self, kind: str, owner: str, limit: int, after: Cursor | None = None
+    ) -> tuple[list[dict[str, Any]], Cursor | None]:
+        """One page of the owner's models or datasets, oldest first, and the next page's cursor."""
+        ids, cursor = page(self.redis, self.owner_index(f"{kind}s", owner), after, limit)
+        raws = self.redis.mget([self.key(kind, i) for i in ids]) if ids else []
+        return [json.loads(r) for r in raws if r], cursor
 
     def update_file(self, kind: str, file_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
         """Merge ``fields`` into a file's record (a validation outcome); None when it is gone."""

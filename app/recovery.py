@@ -85,8 +85,12 @@ class Recovery(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        indexed = False
         while not self.stopped.wait(self.interval):
             try:
+                if not indexed:  # records from before the per-tenant indexes, once per worker start
+                    self.records.index_legacy()
+                    indexed = True
                 sweep_once(self.records, self.queue, self.timeout)
             except Exception as exc:  # Redis away: try again next tick
                 log.debug("recovery pass failed: %s", exc)

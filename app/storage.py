@@ -6,24 +6,52 @@ Layout under ``APPDATA`` (``appdata/`` by default)::
     evaluations/<job id>/               per-job artifacts (per-sample results, checkpoints)
     uploads/                            partial uploads, renamed into blobs/ once validated
     redis/                              the embedded Redis's append-only files (demo only)
+    files/                              files requests may name (``files/<tenant folder>/`` with API keys)
 
-User-named files ("a file name inside the data directory") are resolved here and
-nowhere else, so that no other module can be tricked into opening a path outside.
+Files named in requests are resolved here and nowhere else, so that no other module
+can be tricked into opening a path outside ``files/`` (or outside the tenant's own
+folder under it): never a blob, a checkpoint, a partial upload or Redis's files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from .config import PUBLIC
 from .exceptions import UnsafePathError
 
 CHUNK = 1 << 20
+FILES = "files"
+SERVICE_DIRS = ("blobs", "evaluations", "uploads", "redis")
+BLOB_RE = re.compile(r"blobs/([0-9a-f]{2})/\1[0-9a-f]{62}\.[a-z0-9]{1,8}")
+SAFE_FOLDER_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def tenant_folder(tenant: str) -> str:
+    """The folder under ``files/`` that holds a tenant's named files.
+
+    A plain lower-case name is used as is; anything else (dots, slashes, capitals that a
+    case-insensitive disk would fold) becomes ``_`` plus a hash, which no plain name can equal.
+    """
+    if SAFE_FOLDER_RE.fullmatch(tenant):
+        return tenant
+    return "_" + hashlib.sha256(tenant.encode()).hexdigest()[:24]
+
+
+def file_scope(owner: str, keys_configured: bool) -> str | None:
+    """Whose folder a named file must lie in: None for an open service (all of ``files/``).
+
+    The API and the worker both decide with this, so the worker re-checks a job's files
+    exactly as the submit did (an owner other than ``public`` only exists with keys).
+    """
+    return None if owner == PUBLIC and not keys_configured else owner
 
 
 class Storage:
@@ -33,7 +61,7 @@ class Storage:
         self.root = Path(root).resolve()
 
     def ensure(self) -> None:
-        for sub in ("blobs", "evaluations", "uploads"):
+        for sub in ("blobs", "evaluations", "uploads", FILES):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- uploads -------------------------------------------------------------
@@ -72,12 +100,27 @@ class Storage:
     def blob_path(self, sha256: str, suffix: str) -> Path:
         return self.root / "blobs" / sha256[:2] / f"{sha256}{suffix}"
 
-    # -- user-named files ----------------------------------------------------
-    def resolve_user_path(self, name: str) -> Path:
-        """A file named relative to the data directory, refusing anything that escapes it.
+    def resolve_blob(self, rel: str) -> Path:
+        """The path of a stored upload, from its record (``blobs/ab/ab….onnx``); nothing else."""
+        if not isinstance(rel, str) or not BLOB_RE.fullmatch(rel):
+            raise UnsafePathError("not a stored upload's path")
+        return self.root / rel
 
-        Absolute paths and ``..`` components are refused outright; a symlink is
-        followed and refused if its target lies outside the data directory.
+    # -- files named in requests ---------------------------------------------
+    def files_dir(self, scope: str | None) -> Path:
+        """Where named files may lie: ``files/`` (open service) or ``files/<tenant folder>/``.
+
+        Not resolved on purpose: a tenant folder that is itself a symlink (to another
+        tenant's folder, to ``blobs/``) leads outside it and is refused.
+        """
+        base = self.root / FILES
+        return base if scope is None else base / tenant_folder(scope)
+
+    def resolve_named_file(self, name: str, scope: str | None) -> Path:
+        """A file named relative to the data directory, which after following symlinks must lie
+        inside ``files_dir(scope)`` and in none of the service's own folders.
+
+        Absolute paths and ``..`` components are refused outright.
         """
         if not name or "\x00" in name:
             raise UnsafePathError("file name is empty or contains a NUL byte")
@@ -89,7 +132,26 @@ class Storage:
         resolved = (self.root / candidate).resolve()
         if not resolved.is_relative_to(self.root):
             raise UnsafePathError(f"{name!r} leads outside the data directory")
+        allowed = self.files_dir(scope)
+        inside_service = any(resolved.is_relative_to(self.root / sub) for sub in SERVICE_DIRS)
+        if inside_service or not resolved.is_relative_to(allowed) or resolved == allowed:
+            where = allowed.relative_to(self.root).as_posix()
+            raise UnsafePathError(
+                f"{name!r} is not a file inside {where}/: files named in requests must lie there "
+                "(or upload the file and pass its id)",
+                details={"allowed": f"{where}/"},
+            )
         return resolved
+
+    def job_input(self, ref: dict[str, Any], scope: str | None, named_files: bool = True) -> Path:
+        """The file a stored job reads: its upload's blob, or its named file checked again with
+        the submit's confinement, so that a symlink swapped since cannot lead to a blob."""
+        kind = ref.get("kind") or ("upload" if ref.get("sha256") else "file")  # records from before "kind"
+        if kind == "upload":
+            return self.resolve_blob(ref["path"])
+        if not named_files:
+            raise UnsafePathError("file references are disabled on this service (FILE_REFERENCES=off)")
+        return self.resolve_named_file(ref["path"], scope)
 
     # -- per-job artifacts ---------------------------------------------------
     def job_dir(self, job_id: str) -> Path:

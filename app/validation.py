@@ -170,7 +170,7 @@ def validate_file(kind: str, file_id: str) -> str | None:
     if meta is None or meta.get("status") != "validating":
         return None
     try:
-        outcome = _outcome(storage.resolve_user_path(meta["blob"]))
+        outcome = _outcome(storage.resolve_blob(meta["blob"]))
     except ServiceError as exc:
         outcome = {"status": "rejected", "reason": exc.message}
     records.update_file(kind, file_id, outcome)
@@ -180,7 +180,9 @@ def validate_file(kind: str, file_id: str) -> str | None:
 def validate_path(relative: str) -> str:
     """RQ job: scan a dataset named by path and cache the outcome under its scan key."""
     records, storage = _context()
-    path = storage.resolve_user_path(relative)
+    # Confined again in the worker (never the service's own folders); the submit already
+    # checked the caller's own folder, and the outcome is cached under this resolved path.
+    path = storage.resolve_named_file(relative, None)
     outcome = _outcome(path)
     records.redis.set(scan_key(records, path), json.dumps(outcome), ex=SCAN_TTL)
     return outcome["status"]

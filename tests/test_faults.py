@@ -94,8 +94,16 @@ def test_job_timeout_fails_with_an_actionable_message(settings, redis_server, ap
 
 
 @pytest.fixture
-def tenants(settings):
+def tenants(settings, assets):
+    import shutil
+
     from app import create_app
+
+    # With API keys, files named in requests must lie in the tenant's own folder under files/.
+    for name in ("alice", "bob"):
+        (assets.dir / name).mkdir(exist_ok=True)
+        for path in (assets.model, assets.dataset):
+            shutil.copy(path, assets.dir / name / path.name)
 
     app = create_app(
         {**settings, "api_keys": {"key-alice": "alice", "key-bob": "bob"}, "max_concurrent_jobs": 1, "queue_name": "tenants"}
@@ -119,6 +127,10 @@ def test_api_keys_required_everywhere_but_health(tenants):
     assert client.get("/api/models", headers={"Authorization": "Bearer key-alice"}).status_code == 200
 
 
+def own(tenant: str, **fields) -> dict:
+    return {**SLOW, "trained-model": f"files/{tenant}/cnn.onnx", "dataset": f"files/{tenant}/val.h5", **fields}
+
+
 def test_tenants_see_and_delete_only_their_own(tenants, assets):
     import io
 
@@ -132,9 +144,9 @@ def test_tenants_see_and_delete_only_their_own(tenants, assets):
     model_id = up.get_json()["id"]
     assert client.get("/api/models", headers=bob).get_json()["models"] == []
     assert client.get(f"/api/models/{model_id}", headers=bob).status_code == 404
-    r = client.post("/api/security_evaluations", headers=bob, json={**SLOW, "trained-model": model_id})
+    r = client.post("/api/security_evaluations", headers=bob, json=own("bob", **{"trained-model": model_id}))
     assert r.status_code == 404 or r.status_code == 400
-    job = client.post("/api/security_evaluations", headers=alice, json={**SLOW, "trained-model": model_id})
+    job = client.post("/api/security_evaluations", headers=alice, json=own("alice", **{"trained-model": model_id}))
     assert job.status_code == 202
     job_id = job.get_json()["job_id"]
     assert client.get("/api/security_evaluations", headers=bob).get_json()["count"] == 0
@@ -142,9 +154,9 @@ def test_tenants_see_and_delete_only_their_own(tenants, assets):
     assert client.delete(f"/api/security_evaluations/{job_id}", headers=bob).status_code == 404
     assert client.get(f"/api/security_evaluations/{job_id}", headers=alice).status_code == 200
     # Per-key limit on unfinished jobs: alice has one queued, bob has none.
-    second = client.post("/api/security_evaluations", headers=alice, json=SLOW)
+    second = client.post("/api/security_evaluations", headers=alice, json=own("alice"))
     assert second.status_code == 429 and "at most 1" in second.get_json()["error"]
-    assert client.post("/api/security_evaluations", headers=bob, json=SLOW).status_code == 202
+    assert client.post("/api/security_evaluations", headers=bob, json=own("bob")).status_code == 202
     assert client.delete(f"/api/security_evaluations/{job_id}", headers=alice).status_code == 200
 
 

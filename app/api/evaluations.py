@@ -9,12 +9,14 @@ from flask import Blueprint, jsonify, redirect, request, url_for
 
 from .. import auth, schemas, validation
 from .. import queue as jobqueue
-from ..exceptions import InvalidFileError, NotFoundError, QuotaExceededError, ServiceError, ValidationError
+from ..exceptions import InvalidFileError, NotFoundError, ServiceError, ValidationError
 from ..extensions import get_queue, get_records, get_redis, get_settings, get_storage
 from ..inspection import inspect_model
-from ..records import STATUSES, TERMINAL
+from ..records import STATUSES
+from ..storage import file_scope
 from .body import json_object
-from .files import KINDS, owned_file
+from .files import FILE_ID_RE, KINDS, owned_file
+from .listing import page_args, page_body
 
 bp = Blueprint("evaluations", __name__, url_prefix="/api/security_evaluations")
 
@@ -30,26 +32,41 @@ def still_validating(exc: validation.StillValidating):
 
 
 def resolve_reference(field: str, ref: str) -> dict[str, Any]:
-    """An uploaded id, or a file name inside the data directory, described and checked.
+    """An uploaded id, or a file name under ``files/`` (the caller's own folder with API keys),
+    described and checked. ``kind`` in the answer tells the worker how to find it again.
 
     An uploaded file must be ``ready`` (409 while a worker validates it, 422 once rejected);
     a named file gets the upload's checks (400 naming the field), its full scan cached by
     path, size and mtime (409 while a worker scans a big one)."""
     kind = FIELD_KIND[field]
     records = get_records()
-    if re.fullmatch(r"[0-9a-f]{32}", ref) and records.file(kind, ref) is not None:
+    if FILE_ID_RE.fullmatch(ref):  # an id, never a path (no file under files/ can be named like one)
+        if records.file(kind, ref) is None:
+            raise ValidationError(f"{field}: no uploaded {kind} with id {ref!r}", details={"field": field})
         meta = validation.require_ready(records, kind, owned_file(kind, ref), field)
-        return {"id": meta["id"], "sha256": meta["sha256"], "path": meta["blob"], "info": meta}
+        return {"kind": "upload", "id": meta["id"], "sha256": meta["sha256"], "path": meta["blob"], "info": meta}
     settings, storage = get_settings(), get_storage()
-    try:
-        path = storage.resolve_user_path(ref)
-    except ServiceError as exc:
-        raise ValidationError(f"{field}: {exc.message}", details={"field": field}) from None
-    if not path.is_file():
+    if not settings.file_references:
         raise ValidationError(
-            f"{field}: no uploaded {kind} with id {ref!r} and no file named {ref!r} in the data directory",
+            f"{field}: file references are disabled on this service (FILE_REFERENCES=off): upload the {kind} and pass its id",
             details={"field": field},
         )
+    scope = file_scope(auth.tenant(), bool(settings.api_keys))
+    where = storage.files_dir(scope).relative_to(storage.root).as_posix() + "/"
+    # Outside the allowed folder and missing answer alike: no probing which files exist elsewhere.
+    missing = ValidationError(
+        f"{field}: no uploaded {kind} with id {ref!r} and no file {ref!r} inside {where} "
+        "(files named in requests must lie there; or upload the file and pass its id)",
+        details={"field": field, "allowed": where},
+    )
+    try:
+        path = storage.resolve_named_file(ref, scope)
+    except ServiceError as exc:
+        if isinstance(exc.details, dict) and "allowed" in exc.details:
+            raise missing from None
+        raise ValidationError(f"{field}: {exc.message}", details={"field": field}) from None
+    if not path.is_file():
+        raise missing
     suffixes, _ = KINDS[kind]
     if path.suffix.lower() not in suffixes:
         raise ValidationError(f"{field}: {kind} files must end in {' or '.join(suffixes)}", details={"field": field})
@@ -57,7 +74,7 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
         # Parsing the protobuf costs memory in proportion to its size: the upload limit applies.
         limit = settings.max_upload_mb
         raise ValidationError(f"{field}: the model file is larger than the {limit} MB limit", details={"field": field})
-    relative = str(path.relative_to(storage.root))
+    relative = path.relative_to(storage.root).as_posix()
     try:
         if kind == "model":
             info = inspect_model(path, allow_external_data=True)
@@ -68,19 +85,7 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
         raise
     except InvalidFileError as exc:
         raise ValidationError(f"{field}: {exc.message}", details={"field": field, "problem": exc.details}) from None
-    return {"id": ref, "sha256": None, "path": relative, "info": info}
-
-
-def _check_quota() -> None:
-    limit = get_settings().max_concurrent_jobs
-    if limit <= 0:
-        return
-    records, me = get_records(), auth.tenant()
-    active = sum(
-        1 for rec in records.evaluations(records.active_ids()) if rec["owner"] == me and rec["job-status"] not in TERMINAL
-    )
-    if active >= limit:
-        raise QuotaExceededError(f"at most {limit} unfinished evaluations per API key; {active} are queued or running")
+    return {"kind": "file", "id": ref, "sha256": None, "path": relative, "info": info}
 
 
 def status_view(rec: dict[str, Any]) -> dict[str, Any]:
@@ -109,15 +114,15 @@ def submit():
     dataset = resolve_reference("dataset", req["dataset"])
     schemas.check_against_dataset(req, dataset["info"])
     schemas.check_against_model(model["info"], dataset["info"])
-    _check_quota()
     resolved = {
-        "model": {k: model[k] for k in ("id", "sha256", "path")},
-        "dataset": {k: dataset[k] for k in ("id", "sha256", "path")},
+        "model": {k: model[k] for k in ("kind", "id", "sha256", "path")},
+        "dataset": {k: dataset[k] for k in ("kind", "id", "sha256", "path")},
         "n-classes": dataset["info"].get("n-classes"),
         "model-ends-with-softmax": model["info"].get("ends-with-softmax", False),
     }
     records = get_records()
-    job_id = records.create_evaluation(req, auth.tenant(), resolved)
+    # Counted and created in one atomic step: concurrent submits cannot exceed the limit (429).
+    job_id = records.create_evaluation(req, auth.tenant(), resolved, limit=settings.max_concurrent_jobs)
     try:
         jobqueue.enqueue_evaluation(get_queue(), job_id, settings.job_timeout)
     except Exception:
@@ -132,16 +137,13 @@ def submit():
 
 @bp.get("")
 def list_all():
+    """The caller's evaluations, oldest first, a page at a time (``limit``, ``cursor``)."""
     wanted = request.args.get("status")
     if wanted is not None and wanted not in STATUSES:
         raise ValidationError(f"status: must be one of {list(STATUSES)}", details={"field": "status"})
-    records, me = get_records(), auth.tenant()
-    items = [
-        status_view(rec)
-        for rec in records.evaluations(records.evaluation_ids())
-        if rec["owner"] == me and (not wanted or rec["job-status"] == wanted)
-    ]
-    return jsonify({"evaluations": items, "count": len(items)})
+    limit, after = page_args(UUID_RE)
+    recs, cursor = get_records().evaluation_page(auth.tenant(), limit, after, wanted)
+    return jsonify(page_body("evaluations", [status_view(rec) for rec in recs], cursor))
 
 
 @bp.get("/<job_id>")

@@ -19,8 +19,11 @@ from .. import auth, inspection, validation
 from ..exceptions import InvalidFileError, NotFoundError, PayloadTooLargeError, ValidationError
 from ..extensions import get_queue, get_records, get_settings, get_storage
 from ..records import now
+from .listing import page_args, page_body
 
 bp = Blueprint("files", __name__, url_prefix="/api")
+
+FILE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def _inspect_upload(path: Path) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def _upload(kind: str):
         **info,
         "status": "ready" if ready else "validating",
         "owner": auth.tenant(),
-        "blob": str(blob.relative_to(storage.root)),
+        "blob": blob.relative_to(storage.root).as_posix(),
     }
     records = get_records()
     records.add_file(kind, meta)
@@ -107,8 +110,10 @@ def upload(kind: str):
 
 @bp.get("/<any(models, datasets):kind>")
 def list_all(kind: str):
-    items = [public_view(_kind(kind), m) for m in get_records().files(_kind(kind)) if m.get("owner") == auth.tenant()]
-    return jsonify({kind: items})
+    """The caller's models or datasets, oldest first, a page at a time (``limit``, ``cursor``)."""
+    limit, after = page_args(FILE_ID_RE)
+    metas, cursor = get_records().file_page(_kind(kind), auth.tenant(), limit, after)
+    return jsonify(page_body(kind, [public_view(_kind(kind), m) for m in metas], cursor))
 
 
 @bp.get("/<any(models, datasets):kind>/<file_id>")
@@ -117,7 +122,7 @@ def get_one(kind: str, file_id: str):
 
 
 def owned_file(kind: str, file_id: str) -> dict[str, Any]:
-    meta = get_records().file(kind, file_id) if re.fullmatch(r"[0-9a-f]{32}", file_id) else None
+    meta = get_records().file(kind, file_id) if FILE_ID_RE.fullmatch(file_id) else None
     if meta is None:
         raise NotFoundError(f"no {kind} with id {file_id!r}")
     auth.check_owner(meta.get("owner", auth.PUBLIC), kind)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from .. import __version__, schemas
+from .. import __version__, paging, schemas
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
 
@@ -57,6 +57,20 @@ EVALUATION_REQUEST = {
     },
 }
 
+PAGE = [
+    {
+        "name": "limit",
+        "in": "query",
+        "description": f"items per page (default {paging.DEFAULT_LIMIT})",
+        "schema": {"type": "integer", "minimum": 1, "maximum": paging.MAX_LIMIT},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "the next-cursor of the previous page",
+        "schema": {"type": "string", "maxLength": paging.MAX_CURSOR_CHARS},
+    },
+]
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 KIND = {"name": "kind", "in": "path", "required": True, "schema": {"type": "string", "enum": ["models", "datasets"]}}
 UPLOAD = {
@@ -77,7 +91,7 @@ def document() -> dict:
             "/api/health": {"get": {"responses": {**_ok("service health"), **_errors(503)}}},
             "/api/{kind}": {
                 "parameters": [KIND],
-                "get": {"responses": {**_ok("stored files"), **_errors(401, 404)}},
+                "get": {"parameters": PAGE, "responses": {**_ok("stored files, a page"), **_errors(400, 401, 404)}},
                 "post": {
                     "requestBody": UPLOAD,
                     "responses": {
@@ -98,9 +112,10 @@ def document() -> dict:
                             "name": "status",
                             "in": "query",
                             "schema": {"type": "string", "enum": ["queued", "started", "finished", "failed", "canceled"]},
-                        }
+                        },
+                        *PAGE,
                     ],
-                    "responses": {**_ok("evaluations"), **_errors(400, 401)},
+                    "responses": {**_ok("evaluations, a page"), **_errors(400, 401)},
                 },
                 "post": {
                     "requestBody": {"required": True, "content": {"application/json": {"schema": EVALUATION_REQUEST}}},
