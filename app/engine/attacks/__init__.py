@@ -10,7 +10,7 @@ from typing import Any
 
 from .apgd import APGD
 from .auto import Auto
-from .base import ArraySource, Attack, Hooks, StopRequested, SweepState
+from .base import ArraySource, Attack, Hooks, OutOfMemory, StopRequested, SweepState, is_out_of_memory
 from .fgsm import FGSM
 from .fmn import FMN
 from .noise import Noise
@@ -28,10 +28,12 @@ __all__ = [
     "FMN",
     "Hooks",
     "Noise",
+    "OutOfMemory",
     "PGD",
     "StopRequested",
     "SweepState",
     "build",
+    "is_out_of_memory",
 ]
 
 
