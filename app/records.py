@@ -135,11 +135,19 @@ class Records:
         return [i.decode() for i in self.redis.zrange(self.key("evaluations"), 0, -1)]
 
     def set_status(
-        self, job_id: str, status: str, *, token: str | None = None, result: dict[str, Any] | None = None, **fields: Any
+        self,
+        job_id: str,
+        status: str,
+        *,
+        token: str | None = None,
+        expect: str | None = None,
+        result: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> bool:
-        """Set the status (and fields); with ``token``, only while that attempt owns the job, and with
-        ``result``, the output is written in the same transaction (once). Going back to ``queued``
-        revokes the owning attempt's token. Returns whether it wrote."""
+        """Set the status (and fields); with ``token``, only while that attempt owns the job; with
+        ``expect``, only from that status; with ``result``, the output is written in the same
+        transaction (once). Going back to ``queued`` revokes the owning attempt's token.
+        Returns whether it wrote."""
         mapping: dict[str, Any] = {"status": status}
         if status == "started":
             mapping["started_at"] = now()
@@ -153,7 +161,12 @@ class Records:
             while True:
                 try:
                     pipe.watch(key)
-                    if not pipe.exists(key) or (token is not None and pipe.hget(key, "token") != token.encode()):
+                    current, owner = pipe.hmget(key, "status", "token")
+                    if (
+                        current is None
+                        or (token is not None and owner != token.encode())
+                        or (expect is not None and current != expect.encode())
+                    ):
                         pipe.reset()
                         return False
                     pipe.multi()

@@ -42,11 +42,14 @@ def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: i
     if rec["attempt"] >= MAX_ATTEMPTS:
         records.set_status(job_id, "failed", error=f"{reason}; gave up after {rec['attempt']} attempts")
         return
+    # Only from the status the sweep saw (the job may have finished meanwhile); this revokes the
+    # running attempt's token, so a stalled work-horse that wakes up writes nothing more.
+    if not records.set_status(job_id, "queued", expect=rec["job-status"], error=f"re-queued: {reason}"):
+        return
     log.warning("re-queueing evaluation %s: %s", job_id, reason)
     old = jobqueue.fetch_job(records.redis, job_id)
     if old is not None:
         old.delete(remove_from_queue=True)
-    records.set_status(job_id, "queued", error=f"re-queued: {reason}")
     jobqueue.enqueue_evaluation(queue, job_id, timeout)
 
 

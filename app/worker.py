@@ -31,7 +31,7 @@ def make_failure_handler(records: Records):
         token = claimed_token(job.id)
         if token is not None:
             reason = exc_type.__name__ if exc_type else "unknown"
-            records.set_status(job.id, "queued", token=token, error=f"the work-horse failed: {reason}")
+            records.set_status(job.id, "queued", token=token, expect="started", error=f"the work-horse failed: {reason}")
         return True
 
     return handle
