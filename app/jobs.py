@@ -76,7 +76,7 @@ class Lease(threading.Thread):
         try:
             owned = self.records.owns(self.job_id, self.token)
         except redis.RedisError:
-            return False  # cannot tell: write nothing, the next save asks again
+            return True  # Redis away: no newer attempt can be claimed either; the lease thread decides
         if not owned:
             self.lost.set()
         return owned
@@ -109,6 +109,18 @@ def _throttled_progress(records: Records, job_id: str, token: str):
                 pass  # progress is best effort; the lease tells whether to go on
 
     return report
+
+
+def _prune_dangling_executions(connection: redis.Redis, job_id: str) -> None:
+    """RQ's job id is the evaluation id, reused by every attempt. The worker of a stalled attempt
+    heartbeats its own execution under that id, and once recovery deleted that execution the entry
+    left behind (a partial or missing hash) makes RQ's cleanup of this attempt's success raise.
+    Drop such entries before RQ's bookkeeping runs."""
+    registry = f"rq:executions:{job_id}"
+    for raw in connection.zrange(registry, 0, -1):
+        execution_id = raw.decode()
+        if not connection.hexists(f"rq:execution:{job_id}:{execution_id}", "created_at"):
+            connection.zrem(registry, execution_id)
 
 
 def run_evaluation(job_id: str) -> dict[str, Any] | None:
@@ -188,6 +200,11 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         return None
     finally:
         lease.stop()
+        if not stale:
+            try:
+                _prune_dangling_executions(records.redis, job_id)
+            except redis.RedisError:
+                pass
         if stale and os.environ.get("RQ_JOB_ID") == job_id:
             # A forked work-horse whose attempt a newer one replaced: the RQ job under this id now
             # belongs to that attempt, so leave without RQ's success bookkeeping touching it.
