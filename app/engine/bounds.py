@@ -7,7 +7,8 @@ the free space of the data directory, less a margin, and under ``MAX_JOB_DISK_MB
 the job with the numbers. Memory: one batch on the device costs about ``batch_size x``
 (the attack's pool of samples + the model's activations, measured on one sample);
 a batch over the budget (``MAX_JOB_MEMORY_MB``, else what the device has free) is halved
-until it fits, and the output records the batch size used.
+until it fits, and the output records the batch size used. An out-of-memory error during
+the run halves it again (``Attack.with_smaller_batches_on_oom``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,18 @@ MB = 2**20
 DISK_MARGIN = 256 * MB  # left free for Redis's files and the other jobs
 MEMORY_SHARE = 0.8  # of the free memory one job may plan to use
 MIN_ACTIVATION_FACTOR = 4  # a floor, for graphs whose ops are not modules (so not measured)
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory even with a batch of one sample."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError (numpy included), CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 @dataclass(frozen=True)

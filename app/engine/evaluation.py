@@ -27,8 +27,8 @@ import torch
 
 from ..exceptions import EvaluationError
 from . import attacks
-from .attacks.base import Hooks, OutOfMemory, StopRequested, SweepState
-from .bounds import Limits, activation_bytes, check_disk, fit_batch
+from .attacks.base import Hooks, StopRequested, SweepState
+from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .data import H5Dataset, select
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
 
@@ -249,6 +249,8 @@ def evaluate(
 def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, work_dir: Path | None, limits: Limits) -> None:
     """Disk for the checkpoint, then the largest batch (at most the requested one) that fits in memory."""
     n, sample_bytes = len(source), int(np.prod(shape)) * 4
+    if n == 0:
+        return
     minimal_norm = isinstance(attack, attacks.FMN)
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)

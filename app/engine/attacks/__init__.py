@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bounds import OutOfMemory, is_out_of_memory
 from .apgd import APGD
 from .auto import Auto
-from .base import ArraySource, Attack, Hooks, OutOfMemory, StopRequested, SweepState, is_out_of_memory
+from .base import ArraySource, Attack, Hooks, StopRequested, SweepState
 from .fgsm import FGSM
 from .fmn import FMN
 from .noise import Noise

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import OutOfMemory, is_out_of_memory
+
 log = logging.getLogger(__name__)
 
 Bounds = tuple[float, float]
@@ -161,18 +163,6 @@ class Hooks:
 
 class StopRequested(Exception):
     """Raised inside a sweep when ``Hooks.should_stop`` says so."""
-
-
-class OutOfMemory(Exception):
-    """The device ran out of memory even with a batch of one sample."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError (numpy included), CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
-    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _no_stop() -> bool:
