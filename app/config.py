@@ -83,6 +83,8 @@ class Config:
     max_concurrent_jobs: int = 0
     file_references: bool = True
     key_prefix: str = "secev"
+    max_job_disk_mb: int = 0  # per-job cap on checkpoint files (0: only the free space counts)
+    max_job_memory_mb: int = 0  # per-job memory budget for a batch (0: what the machine has free)
 
     @classmethod
     def from_env(cls) -> Config:
@@ -96,6 +98,8 @@ class Config:
             api_keys=_load_api_keys(),
             max_concurrent_jobs=_env_int("MAX_CONCURRENT_JOBS", 0),
             file_references=_env_switch("FILE_REFERENCES", True),
+            max_job_disk_mb=_env_int("MAX_JOB_DISK_MB", 0),
+            max_job_memory_mb=_env_int("MAX_JOB_MEMORY_MB", 0),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

@@ -2,9 +2,15 @@
 
 Enqueued by name (``app.jobs.run_evaluation``) with the evaluation id as its
 only argument. Runs inside RQ's work-horse, so CUDA is first touched here, never
-in the worker's parent process. While it runs, a lease key is renewed every
-second; a job whose lease lapses was abandoned (its worker died) and is
-re-queued by a live worker (see ``app.recovery``).
+in the worker's parent process. ``Records.claim`` gives each attempt a fencing
+token; every write the work-horse makes (lease, progress, status, result, the
+checkpoint files) is made only while the evaluation still carries that token. A
+lease key is renewed every half second; a job whose lease lapses was abandoned
+(its worker died or stalled) and is re-queued by a live worker (see
+``app.recovery``), which revokes the old token: the stalled work-horse, if it
+ever runs again, stops within a second and writes nothing.
+
+Test knob (environment): ``LEASE_TTL`` (seconds, default 10).
 """
 
 from __future__ import annotations
@@ -14,82 +20,134 @@ import os
 import socket
 import threading
 import time
-import traceback
 from typing import Any
 
+import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from .config import Config
 from .exceptions import ServiceError
 from .extensions import connect
-from .records import Records
+from .records import Claim, Records
+from .redact import scrub, scrub_details
 from .storage import Storage, file_scope, sha256_file
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL = 10
-LEASE_RENEW = 1.0
+LEASE_TTL = int(os.environ.get("LEASE_TTL") or 10)
+LEASE_RENEW = 0.5  # also how often a running job notices it was deleted or taken over
+OOM_MESSAGE = "out of memory: lower batch-size or use evaluation-mode 'fast'"
+
+# The attempt this work-horse claimed, by job id, for the worker's exception handler.
+_claimed: dict[str, str] = {}
+
+
+def claimed_token(job_id: str) -> str | None:
+    """The fencing token this process holds for ``job_id`` (None when it claimed nothing)."""
+    return _claimed.get(job_id)
 
 
 class Lease(threading.Thread):
-    """Renews the job's lease and notices when its record is deleted (the job was canceled)."""
+    """Renews the job's lease while this attempt owns the job; sets ``lost`` the moment it does not
+    (the record was deleted, or the job was re-queued and claimed again)."""
 
-    def __init__(self, records: Records, job_id: str, attempt: int) -> None:
+    def __init__(self, records: Records, job_id: str, claim: Claim) -> None:
         super().__init__(daemon=True, name=f"lease-{job_id}")
-        self.records, self.job_id = records, job_id
-        self.value = f"{socket.gethostname()}:{os.getpid()}:{attempt}"
-        self.canceled = threading.Event()
+        self.records, self.job_id, self.token = records, job_id, claim.token
+        self.value = f"{socket.gethostname()}:{os.getpid()}:{claim.attempt}:{claim.token}"
+        self.lost = threading.Event()
         self.done = threading.Event()
 
     def run(self) -> None:
-        key = self.records.key("lease", self.job_id)
         while not self.done.is_set():
             try:
-                if not self.records.redis.exists(self.records.key("evaluation", self.job_id)):
-                    self.canceled.set()
+                if not self.records.renew_lease(self.job_id, self.token, self.value, LEASE_TTL):
+                    self.lost.set()
                     return
-                self.records.redis.set(key, self.value, ex=LEASE_TTL)
-            except Exception:  # Redis briefly away: keep running, the lease may lapse
+            except redis.RedisError:  # Redis briefly away: keep running, the lease may lapse
                 log.warning("could not renew lease of %s", self.job_id)
             self.done.wait(LEASE_RENEW)
+
+    def owns(self) -> bool:
+        """Asked right before each checkpoint write: does this attempt still own the job?"""
+        if self.lost.is_set():
+            return False
+        try:
+            owned = self.records.owns(self.job_id, self.token)
+        except redis.RedisError:
+            return True  # Redis away: no newer attempt can be claimed either; the lease thread decides
+        if not owned:
+            self.lost.set()
+        return owned
+
+    def taken_over(self) -> bool:
+        """Lost to a newer attempt (the record still exists) rather than deleted."""
+        try:
+            return self.lost.is_set() and self.records.evaluation(self.job_id) is not None
+        except redis.RedisError:
+            return self.lost.is_set()
 
     def stop(self) -> None:
         self.done.set()
         try:
-            self.records.redis.delete(self.records.key("lease", self.job_id))
-        except Exception:
+            self.records.release_lease(self.job_id, self.value)
+        except redis.RedisError:
             pass
 
 
-def _throttled_progress(records: Records, job_id: str):
+def _throttled_progress(records: Records, job_id: str, token: str):
     last = [0.0]
 
     def report(done: int, total: int) -> None:
         now = time.monotonic()
         if now - last[0] >= 0.5 or done >= total:
             last[0] = now
-            records.set_progress(job_id, done, total)
+            try:
+                records.set_progress(job_id, done, total, token=token)
+            except redis.RedisError:
+                pass  # progress is best effort; the lease tells whether to go on
 
     return report
+
+
+def _prune_dangling_executions(connection: redis.Redis, job_id: str) -> None:
+    """RQ's job id is the evaluation id, reused by every attempt. The worker of a stalled attempt
+    heartbeats its own execution under that id, and once recovery deleted that execution the entry
+    left behind (a partial or missing hash) makes RQ's cleanup of this attempt's success raise.
+    Drop such entries before RQ's bookkeeping runs."""
+    registry = f"rq:executions:{job_id}"
+    for raw in connection.zrange(registry, 0, -1):
+        execution_id = raw.decode()
+        if not connection.hexists(f"rq:execution:{job_id}:{execution_id}", "created_at"):
+            connection.zrem(registry, execution_id)
 
 
 def run_evaluation(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ. Failures are recorded on the evaluation, not raised: a bad
     model is the user's to fix, and re-running it would only fail again."""
-    from .engine.attacks import StopRequested
-    from .engine.evaluation import evaluate
+    from .engine.attacks import StopRequested, is_out_of_memory
+    from .engine.evaluation import Limits, evaluate
 
     settings = Config.from_env()
     records = Records(connect(settings), settings.key_prefix)
     storage = Storage(settings.appdata)
-    attempt = records.claim(job_id)
-    if attempt is None:
+    claim = records.claim(job_id)
+    if claim is None:
         return None  # deleted, already done, or held by another worker (a duplicate delivery)
+    _claimed[job_id] = claim.token
     rec = records.evaluation(job_id)
-    lease = Lease(records, job_id, attempt)
+    lease = Lease(records, job_id, claim)
     lease.start()
+
+    def fail(message: str, details: Any = None) -> None:
+        details = scrub_details(details, storage.root) if details is not None else ""
+        records.set_status(job_id, "failed", token=claim.token, error=scrub(message, storage.root), details=details)
+
+    stale = False
     try:
+        if rec is None:
+            return None
         resolved = rec["resolved"]
         scope = file_scope(rec["owner"], bool(settings.api_keys))
         model_path = storage.job_input(resolved["model"], scope, settings.file_references)
@@ -99,8 +157,11 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
             model_path,
             dataset_path,
             work_dir=storage.job_dir(job_id),
-            progress=_throttled_progress(records, job_id),
-            should_stop=lease.canceled.is_set,
+            progress=_throttled_progress(records, job_id, claim.token),
+            should_stop=lease.lost.is_set,
+            owns=lease.owns,
+            attempt_tag=claim.token,
+            limits=Limits(disk_mb=settings.max_job_disk_mb, memory_mb=settings.max_job_memory_mb),
         )
         output["model"] = {"id": resolved["model"]["id"], "sha256": resolved["model"]["sha256"] or sha256_file(model_path)}
         output["dataset"] = {
@@ -108,35 +169,45 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
             "sha256": resolved["dataset"]["sha256"] or sha256_file(dataset_path),
         }
         output["job_id"] = job_id
-        output["attempt"] = attempt
-        if records.evaluation(job_id) is None:
+        output["attempt"] = claim.attempt
+        # Result and status in one fenced transaction: a stale attempt writes neither.
+        if not records.set_status(job_id, "finished", token=claim.token, result=output):
+            stale = lease.taken_over()
             return None
-        records.store_result(job_id, output)
-        records.set_status(job_id, "finished")
         return {"job_id": job_id, "sec-value": output["sec-value"]}
     except StopRequested:
-        log.info("evaluation %s was canceled while running", job_id)
+        stale = lease.taken_over()
+        log.info("evaluation %s %s while running", job_id, "was taken over by a newer attempt" if stale else "was canceled")
         return None
     except ServiceError as exc:
-        records.set_status(job_id, "failed", error=exc.message, details=exc.details if exc.details is not None else "")
+        log.warning("evaluation %s failed: %s", job_id, exc.message, exc_info=True)
+        fail(exc.message, exc.details)
         return None
     except JobTimeoutException:
         current = get_current_job()
         timeout = current.timeout if current is not None else settings.job_timeout
-        records.set_status(
-            job_id,
-            "failed",
-            error=f"the evaluation ran past the job timeout ({timeout} s, JOB_TIMEOUT); "
-            "use evaluation-mode 'fast', fewer perturbation-values or fewer steps",
+        fail(
+            f"the evaluation ran past the job timeout ({timeout} s, JOB_TIMEOUT); "
+            "use evaluation-mode 'fast', fewer perturbation-values or fewer steps"
         )
         return None
-    except MemoryError:
-        records.set_status(job_id, "failed", error="out of memory: lower batch-size or use evaluation-mode 'fast'")
-        return None
     except Exception as exc:
+        if is_out_of_memory(exc):
+            log.warning("evaluation %s ran out of memory", job_id, exc_info=True)
+            fail(OOM_MESSAGE)
+            return None
         log.exception("evaluation %s failed", job_id)
-        message = f"the evaluation failed: {type(exc).__name__}: {exc}"
-        records.set_status(job_id, "failed", error=message[:1000], details={"traceback": traceback.format_exc()[-4000:]})
+        fail(f"the evaluation failed: {type(exc).__name__}: {exc}", {"exception": type(exc).__name__})
         return None
     finally:
         lease.stop()
+        if not stale:
+            try:
+                _prune_dangling_executions(records.redis, job_id)
+            except redis.RedisError:
+                pass
+        if stale and os.environ.get("RQ_JOB_ID") == job_id:
+            # A forked work-horse whose attempt a newer one replaced: the RQ job under this id now
+            # belongs to that attempt, so leave without RQ's success bookkeeping touching it.
+            logging.shutdown()
+            os._exit(0)

@@ -9,6 +9,8 @@ Key layout (prefix ``secev`` by default; nothing but the scan cache expires)::
     secev:active:by-owner:<tenant>       set   the same, one tenant's (the MAX_CONCURRENT_JOBS count)
     secev:result:<id>        string the finished output (JSON), written once
     secev:lease:<id>         string the worker holding a running job; expires unless renewed
+                                    (the evaluation hash's ``token`` names the attempt that owns
+                                    the job: every write a work-horse makes is fenced on it)
     secev:scan:<hash>        string cached scan of a dataset named by path (the one key with a TTL)
     secev:model:<id>         string model description (JSON); same for dataset:<id>
     secev:models:by-owner:<tenant>       zset  that tenant's model ids by upload time; same for datasets
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -62,6 +64,28 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return -1
 """.replace("ENDED", " or ".join(f"st == '{s}'" for s in TERMINAL))
 
+# Fenced writes: each runs only while the evaluation hash's token is the caller's (the attempt
+# that owns the job); a deleted record has no token, so nothing is written to it either.
+_OWNS = "return redis.call('HGET', KEYS[1], 'token') == ARGV[1] and 1 or 0"
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'progress-done', ARGV[2], 'progress-total', ARGV[3])
+return 1
+"""
+_RESULT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+return redis.call('SET', KEYS[2], ARGV[2], 'NX') and 1 or 0
+"""
+
 
 def now() -> float:
     return round(time.time(), 3)
@@ -75,6 +99,13 @@ def _owner_and_status(raw: Any) -> tuple[str | None, str | None]:
     return (json.loads(raw).get("owner", "public") if raw else None), None
 
 
+class Claim(NamedTuple):
+    """One attempt at running an evaluation: its number and its fencing token."""
+
+    attempt: int
+    token: str
+
+
 class Records:
     """Reads and writes the service's records in one Redis database."""
 
@@ -82,6 +113,9 @@ class Records:
         self.redis = connection
         self.prefix = prefix
         self._create = connection.register_script(CREATE_SCRIPT)
+        self._owns, self._renew, self._release, self._progress, self._result = (
+            connection.register_script(src) for src in (_OWNS, _RENEW, _RELEASE, _PROGRESS, _RESULT)
+        )
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -219,7 +253,20 @@ class Records:
                 moved += len(entries)
         return moved
 
-    def set_status(self, job_id: str, status: str, **fields: Any) -> None:
+    def set_status(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        token: str | None = None,
+        expect: str | None = None,
+        result: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Set the status (and fields); with ``token``, only while that attempt owns the job; with
+        ``expect``, only from that status; with ``result``, the output is written in the same
+        transaction (once). Going back to ``queued`` revokes the owning attempt's token.
+        Returns whether it wrote."""
         mapping: dict[str, Any] = {"status": status}
         if status == "started":
             mapping["started_at"] = now()
@@ -233,23 +280,31 @@ class Records:
             while True:
                 try:
                     pipe.watch(key)
-                    owner = pipe.hget(key, "owner")
-                    if owner is None:
+                    current, holder, owner = pipe.hmget(key, "status", "token", "owner")
+                    if (
+                        current is None
+                        or (token is not None and holder != token.encode())
+                        or (expect is not None and current != expect.encode())
+                    ):
                         pipe.reset()
-                        return
+                        return False
                     pipe.multi()
+                    if result is not None:
+                        pipe.set(self.key("result", job_id), json.dumps(result), nx=True)
                     pipe.hset(key, mapping=mapping)
+                    if status == "queued":
+                        pipe.hdel(key, "token")
                     if status in TERMINAL:
                         pipe.srem(self.key("active"), job_id)
                         pipe.srem(self.key("active", "by-owner", owner.decode()), job_id)
                     pipe.execute()
-                    return
+                    return True
                 except redis.WatchError:
                     continue
 
-    def claim(self, job_id: str) -> int | None:
-        """Move a queued evaluation to started, once: returns the new attempt number,
-        or None when it is gone or another worker already holds it."""
+    def claim(self, job_id: str) -> Claim | None:
+        """Move a queued evaluation to started, once: returns the new attempt (its number and a
+        fresh fencing token), or None when it is gone or another worker already holds it."""
         key = self.key("evaluation", job_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -260,10 +315,11 @@ class Records:
                         pipe.reset()
                         return None
                     attempt_n = int(attempt or 0) + 1
+                    token = f"{attempt_n}-{uuid.uuid4().hex}"
                     pipe.multi()
-                    pipe.hset(key, mapping={"status": "started", "started_at": now(), "attempt": attempt_n})
+                    pipe.hset(key, mapping={"status": "started", "started_at": now(), "attempt": attempt_n, "token": token})
                     pipe.execute()
-                    return attempt_n
+                    return Claim(attempt_n, token)
                 except redis.WatchError:
                     continue
 
@@ -271,10 +327,28 @@ class Records:
         """Evaluations not yet finished, failed or canceled."""
         return [i.decode() for i in self.redis.smembers(self.key("active"))]
 
-    def set_progress(self, job_id: str, done: int, total: int) -> None:
+    def set_progress(self, job_id: str, done: int, total: int, *, token: str | None = None) -> bool:
+        """Record progress; with ``token``, only while that attempt owns the job."""
         key = self.key("evaluation", job_id)
+        if token is not None:
+            return bool(self._progress(keys=[key], args=[token, done, total]))
         if self.redis.exists(key):
             self.redis.hset(key, mapping={"progress-done": done, "progress-total": total})
+            return True
+        return False
+
+    # -- fencing: the attempt that owns a running job ------------------------
+    def owns(self, job_id: str, token: str) -> bool:
+        """Whether the attempt holding ``token`` still owns the job (False once deleted or re-queued)."""
+        return bool(self._owns(keys=[self.key("evaluation", job_id)], args=[token]))
+
+    def renew_lease(self, job_id: str, token: str, value: str, ttl: int) -> bool:
+        """Renew the job's lease, only while ``token`` owns the job; False means: stop."""
+        return bool(self._renew(keys=[self.key("evaluation", job_id), self.key("lease", job_id)], args=[token, value, ttl]))
+
+    def release_lease(self, job_id: str, value: str) -> None:
+        """Drop the lease, only if it is still ours (a newer attempt's lease is left alone)."""
+        self._release(keys=[self.key("lease", job_id)], args=[value])
 
     def delete_evaluation(self, job_id: str) -> None:
         owner = self.redis.hget(self.key("evaluation", job_id), "owner")
@@ -287,8 +361,12 @@ class Records:
             pipe.execute()
 
     # -- results -------------------------------------------------------------
-    def store_result(self, job_id: str, output: dict[str, Any]) -> bool:
-        """Write the output once; a second writer (a re-run job) does not replace it."""
+    def store_result(self, job_id: str, output: dict[str, Any], *, token: str | None = None) -> bool:
+        """Write the output once; a second writer (a re-run job) does not replace it. With
+        ``token``, only while that attempt owns the job."""
+        if token is not None:
+            keys = [self.key("evaluation", job_id), self.key("result", job_id)]
+            return bool(self._result(keys=keys, args=[token, json.dumps(output)]))
         return bool(self.redis.set(self.key("result", job_id), json.dumps(output), nx=True))
 
     def result(self, job_id: str) -> dict[str, Any] | None:

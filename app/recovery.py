@@ -6,11 +6,16 @@ lease (their worker died: SIGKILL, OOM, a lost machine) and for evaluations that
 are ``queued`` but have no RQ job waiting (a work-horse that died, or a Redis
 that lost the queue entry). Either is enqueued again, with the attempt count
 kept, until ``MAX_ATTEMPTS``; the job resumes from its per-epsilon checkpoint.
+Re-queueing revokes the old attempt's fencing token (``Records.set_status``), so a
+work-horse that was only stalled stops writing the moment it runs again.
+
+Test knobs (environment): ``RECOVERY_GRACE`` and ``RECOVERY_INTERVAL`` (seconds).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from rq import Queue
@@ -22,8 +27,8 @@ from .records import Records, now
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-GRACE = 3.0  # seconds a fresh record may lack its lease or its RQ job
-INTERVAL = 2.0
+GRACE = float(os.environ.get("RECOVERY_GRACE") or 3.0)  # seconds a fresh record may lack its lease or its RQ job
+INTERVAL = float(os.environ.get("RECOVERY_INTERVAL") or 2.0)
 WAITING = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)}
 
 
@@ -37,11 +42,14 @@ def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: i
     if rec["attempt"] >= MAX_ATTEMPTS:
         records.set_status(job_id, "failed", error=f"{reason}; gave up after {rec['attempt']} attempts")
         return
+    # Only from the status the sweep saw (the job may have finished meanwhile); this revokes the
+    # running attempt's token, so a stalled work-horse that wakes up writes nothing more.
+    if not records.set_status(job_id, "queued", expect=rec["job-status"], error=f"re-queued: {reason}"):
+        return
     log.warning("re-queueing evaluation %s: %s", job_id, reason)
     old = jobqueue.fetch_job(records.redis, job_id)
     if old is not None:
         old.delete(remove_from_queue=True)
-    records.set_status(job_id, "queued", error=f"re-queued: {reason}")
     jobqueue.enqueue_evaluation(queue, job_id, timeout)
 
 

@@ -15,6 +15,7 @@ from . import queue as jobqueue
 from .config import Config
 from .engine import evaluation  # noqa: F401
 from .extensions import connect
+from .jobs import claimed_token
 from .records import Records
 from .recovery import Recovery
 
@@ -22,13 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def make_failure_handler(records: Records):
-    """RQ calls this when a job fails outside our own error handling: its work-horse was
-    killed or crashed. The job is marked for re-queueing (recovery does it) unless it was deleted."""
+    """RQ calls this, inside the work-horse, when an exception escapes ``run_evaluation`` (our own
+    error handling failed). The job is marked for re-queueing (recovery does it), fenced on the
+    attempt this work-horse claimed: a deleted job, or one a newer attempt owns, is left alone."""
 
     def handle(job, exc_type, exc_value, tb) -> bool:
-        rec = records.evaluation(job.id)
-        if rec is not None and rec["job-status"] == "started":
-            records.set_status(job.id, "queued", error=f"work-horse died: {exc_type.__name__ if exc_type else 'unknown'}")
+        token = claimed_token(job.id)
+        if token is not None:
+            reason = exc_type.__name__ if exc_type else "unknown"
+            records.set_status(job.id, "queued", token=token, expect="started", error=f"the work-horse failed: {reason}")
         return True
 
     return handle

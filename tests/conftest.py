@@ -83,12 +83,14 @@ def service_env(redis_url: str, appdata: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": redis_url, "APPDATA": str(appdata), "PYTHONPATH": str(ROOT), **extra}
 
 
-def start_worker(redis_url: str, appdata: Path, name: str | None = None, **extra: str) -> subprocess.Popen:
+def start_worker(redis_url: str, appdata: Path, name: str | None = None, stderr=None, **extra: str) -> subprocess.Popen:
+    """A real worker process; ``stderr`` (a file) captures its log."""
     args = [sys.executable, str(ROOT / "worker.py"), "--log-level", "WARNING"]
     if name:
         args += ["--name", name]
     # A session of its own, so a test can SIGKILL the worker and its work-horse together.
-    proc = subprocess.Popen(args, cwd=ROOT, env=service_env(redis_url, appdata, **extra), start_new_session=True)
+    env = service_env(redis_url, appdata, **extra)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stderr=stderr)
     conn = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 60
     from rq import Worker

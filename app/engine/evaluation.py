@@ -3,13 +3,20 @@
 Shared by the RQ job (``app.jobs``) and the command line (``python -m app``).
 With a work directory it checkpoints after every epsilon (the per-sample state
 and the warm-start perturbations, the latter in a memory-mapped file), and a
-re-run with the same request resumes from the last finished epsilon.
+re-run with the same request resumes from the last finished epsilon. Each
+attempt keeps its perturbations in a file of its own and asks ``owns()`` right
+before every checkpoint it writes, so an attempt that lost the job (a stalled
+work-horse a newer attempt replaced) never overwrites the newer one's files.
+Before the attack starts, ``bounds`` checks the job's disk and memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +27,8 @@ import torch
 
 from ..exceptions import EvaluationError
 from . import attacks
-from .attacks.base import Hooks, SweepState
+from .attacks.base import Hooks, StopRequested, SweepState
+from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .data import H5Dataset, select
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
 
@@ -60,26 +68,46 @@ def sec_level(value: float) -> str:
     return "low" if value < 1 / 3 else "medium" if value < 2 / 3 else "high"
 
 
-class Checkpoint:
-    """Per-epsilon checkpoint in a work directory; the warm-start deltas live in a memmap."""
+def _always() -> bool:
+    return True
 
-    def __init__(self, work_dir: Path, request: dict[str, Any]) -> None:
+
+class Checkpoint:
+    """Per-epsilon checkpoint in a work directory; the warm-start deltas live in a memmap.
+
+    Each attempt (``tag``) writes its own ``delta.<tag>.npy`` (a resumed attempt copies the
+    checkpoint's) and its own temporary checkpoint, renamed over ``checkpoint.npz`` only
+    if ``owns()`` still says so right before: a stale attempt never touches the files of
+    the attempt that replaced it.
+    """
+
+    def __init__(self, work_dir: Path, request: dict[str, Any], tag: str = "local", owns: Callable[[], bool] = _always) -> None:
         self.dir = work_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.print = fingerprint(request)
+        tag = re.sub(r"[^A-Za-z0-9-]", "", tag)[:64] or "local"
+        self.delta_path = self.dir / f"delta.{tag}.npy"
+        self.tmp_path = self.dir / f"checkpoint.{tag}.tmp.npz"
+        self.owns = owns
 
     def load_or_create(self, n: int, shape: tuple[int, ...], n_eps: int) -> tuple[SweepState, bool]:
         path = self.dir / CHECKPOINT
-        delta_path = self.dir / "delta.npy"
-        if path.exists() and delta_path.exists():
+        if path.exists():
             with np.load(path, allow_pickle=False) as ck:
-                if str(ck["fingerprint"]) == self.print and ck["broken_at"].shape == (n,):
-                    delta = np.load(delta_path, mmap_mode="r+", allow_pickle=False)
-                    state = SweepState(ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"]))
-                    if "anchor" in ck.files:
-                        state.anchor, state.min_norm = ck["anchor"].copy(), ck["min_norm"].copy()
-                    return state, True
-        delta = np.lib.format.open_memmap(delta_path, mode="w+", dtype=np.float32, shape=(n, *shape))
+                source = self.dir / (str(ck["delta_file"]) if "delta_file" in ck.files else "delta.npy")
+                if str(ck["fingerprint"]) == self.print and ck["broken_at"].shape == (n,) and source.is_file():
+                    if source != self.delta_path:  # copy: the older attempt may still write to its own
+                        shutil.copyfile(source, self.tmp_path.with_suffix(".npy"))
+                        os.replace(self.tmp_path.with_suffix(".npy"), self.delta_path)
+                    delta = np.load(self.delta_path, mmap_mode="r+", allow_pickle=False)
+                    if delta.shape == (n, *shape):
+                        state = SweepState(
+                            ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"])
+                        )
+                        if "anchor" in ck.files:
+                            state.anchor, state.min_norm = ck["anchor"].copy(), ck["min_norm"].copy()
+                        return state, True
+        delta = np.lib.format.open_memmap(self.delta_path, mode="w+", dtype=np.float32, shape=(n, *shape))
         return SweepState.empty(n, shape, n_eps, delta=delta), False
 
     def save(self, state: SweepState) -> None:
@@ -88,21 +116,28 @@ class Checkpoint:
         extra = {}
         if state.anchor is not None:
             extra = {"anchor": state.anchor, "min_norm": state.min_norm}
-        tmp = self.dir / "checkpoint.tmp.npz"
         np.savez(
-            tmp,
+            self.tmp_path,
             fingerprint=self.print,
             broken_at=state.broken_at,
             norms=state.norms,
             next_k=state.next_k,
             prepared=state.prepared,
+            delta_file=self.delta_path.name,
             **extra,
         )
-        tmp.replace(self.dir / CHECKPOINT)
+        if not self.owns():
+            self.tmp_path.unlink(missing_ok=True)
+            raise StopRequested
+        self.tmp_path.replace(self.dir / CHECKPOINT)
+        for older in self.dir.glob("delta.*.npy"):  # no longer named by the checkpoint
+            if older != self.delta_path:
+                older.unlink(missing_ok=True)
 
     def finish(self) -> None:
-        for name in (CHECKPOINT, "delta.npy"):
-            (self.dir / name).unlink(missing_ok=True)
+        for pattern in ("checkpoint*.npz", "delta*.npy"):
+            for path in self.dir.glob(pattern):
+                path.unlink(missing_ok=True)
 
 
 def evaluate(
@@ -114,8 +149,15 @@ def evaluate(
     device: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    owns: Callable[[], bool] | None = None,
+    attempt_tag: str = "local",
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
-    """Run the request's attack over its epsilons and return the output (curve, accuracy, timing)."""
+    """Run the request's attack over its epsilons and return the output (curve, accuracy, timing).
+
+    ``owns`` is asked before every file written to ``work_dir`` (False: raise ``StopRequested``),
+    ``attempt_tag`` names this attempt's own files there, ``limits`` caps disk and memory.
+    """
     t0 = time.perf_counter()
     dev = pick_device(device)
     torch.manual_seed(request["seed"])
@@ -137,7 +179,8 @@ def evaluate(
             seed=request["seed"],
             batch_size=request["batch-size"],
         )
-        checkpoint = Checkpoint(work_dir, request) if work_dir else None
+        _preflight(attack, model, source, data.shape, dev, work_dir, limits or Limits())
+        checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
         resumed = False
         if checkpoint:
             state, resumed = checkpoint.load_or_create(len(source), data.shape, len(epsilons))
@@ -149,7 +192,12 @@ def evaluate(
             after_epsilon=(lambda k, st: checkpoint.save(st)) if checkpoint else (lambda k, st: None),
             should_stop=should_stop or (lambda: False),
         )
-        state = attack.sweep(model, source, epsilons, (lb, ub), state=state, hooks=hooks, device=dev)
+        try:
+            state = attack.sweep(model, source, epsilons, (lb, ub), state=state, hooks=hooks, device=dev)
+        except OutOfMemory:
+            raise EvaluationError(
+                f"out of memory on {dev.type} even with a batch of one sample; use a smaller model or input size"
+            ) from None
         labels = data.labels[indexes]
     accuracy = state.accuracy(len(epsilons))
     value = sec_value(fractions, accuracy)
@@ -170,7 +218,8 @@ def evaluate(
             "input-bounds": [lb, ub],
             "preprocessing": request["preprocessing"],
             "seed": request["seed"],
-            "batch-size": request["batch-size"],
+            "batch-size": attack.batch_size,
+            **({"batch-size-requested": request["batch-size"]} if attack.batch_size != request["batch-size"] else {}),
         },
         "model-notes": notes,
         "device": str(dev),
@@ -182,6 +231,8 @@ def evaluate(
         },
     }
     if work_dir:
+        if owns is not None and not owns():
+            raise StopRequested
         np.savez_compressed(
             work_dir / SAMPLES,
             index=indexes,
@@ -193,6 +244,21 @@ def evaluate(
         checkpoint.finish()
         output["artifacts"] = {"per-sample": SAMPLES}
     return output
+
+
+def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, work_dir: Path | None, limits: Limits) -> None:
+    """Disk for the checkpoint, then the largest batch (at most the requested one) that fits in memory."""
+    n, sample_bytes = len(source), int(np.prod(shape)) * 4
+    if n == 0:
+        return
+    minimal_norm = isinstance(attack, attacks.FMN)
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        check_disk(work_dir, n, shape, minimal_norm, limits)
+    fixed = n * sample_bytes * ((0 if work_dir else 1) + (1 if minimal_norm else 0))  # per-sample arrays in RAM
+    x1, _ = source.read(np.arange(1))
+    act = activation_bytes(model, torch.from_numpy(x1).to(dev))
+    attack.batch_size = fit_batch(attack.batch_size, attack.pool_batches, sample_bytes, act, fixed, dev, limits)
 
 
 def _check_model(model: torch.nn.Module, source: SubsetSource, n_classes: int, dev: torch.device, notes: dict[str, Any]):

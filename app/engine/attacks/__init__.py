@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bounds import OutOfMemory, is_out_of_memory
 from .apgd import APGD
 from .auto import Auto
 from .base import ArraySource, Attack, Hooks, StopRequested, SweepState
@@ -28,10 +29,12 @@ __all__ = [
     "FMN",
     "Hooks",
     "Noise",
+    "OutOfMemory",
     "PGD",
     "StopRequested",
     "SweepState",
     "build",
+    "is_out_of_memory",
 ]
 
 

@@ -119,6 +119,7 @@ class APGD(Attack):
             return clip_to_bounds(xs, project(d, eps, self.norm), ctx.bounds)
 
         for it in range(self.steps + 1):
+            ctx.check()
             delta.requires_grad_(True)
             logits = ctx.logits(x + delta)
             loss = loss_fn(logits, y, target)

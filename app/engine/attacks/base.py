@@ -17,13 +17,20 @@ implement ``perturb``: one epsilon on one batch.
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..bounds import OutOfMemory, is_out_of_memory
+
+log = logging.getLogger(__name__)
 
 Bounds = tuple[float, float]
 NORMS = ("linf", "l2")
@@ -158,6 +165,10 @@ class StopRequested(Exception):
     """Raised inside a sweep when ``Hooks.should_stop`` says so."""
 
 
+def _no_stop() -> bool:
+    return False
+
+
 @dataclass
 class Context:
     """What every perturb call needs besides the batch."""
@@ -167,6 +178,12 @@ class Context:
     generator: torch.Generator
     autocast: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    should_stop: Callable[[], bool] = _no_stop
+
+    def check(self) -> None:
+        """Called every step of every attack: a canceled job stops within one step."""
+        if self.should_stop():
+            raise StopRequested
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Forward for the attack's own steps: bf16 autocast on GPU when enabled."""
@@ -262,39 +279,64 @@ class Attack:
             state = SweepState.empty(n, tuple(x0.shape[1:]), n_eps)
         total = n * (n_eps + self.prepare_weight)
         if state.next_k == 0:
-            self.clean_pass(model, source, state, device, hooks, total)
+            self.with_smaller_batches_on_oom(lambda: self.clean_pass(model, source, state, device, hooks, total))
             state.next_k = 1
             hooks.after_epsilon(0, state)
         if not state.prepared:
-            self.prepare(model, source, epsilons, bounds, state, hooks, device)
+            self.with_smaller_batches_on_oom(lambda: self.prepare(model, source, epsilons, bounds, state, hooks, device))
             state.prepared = True
         # Pass p attacks epsilon index k = n_eps - p: the largest first, then downwards.
         for p in range(state.next_k, n_eps):
             k = n_eps - p
-            eps = float(epsilons[k])
-            # Candidates at k: broken at the next larger epsilon (or, at the top, never broken).
-            # A sample that resisted at k + 1 resisted inside a larger ball: it is not attacked again.
-            candidates = np.flatnonzero(state.broken_at == k + 1)
-            done = (p + 1 + self.prepare_weight) * n - len(candidates)
-            for pos in self._batches(candidates, self.pool_batches):
-                x, y = self._load(source, pos, device)
-                delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k)
-                won = torch.from_numpy(ok).to(device)
-                state.delta[pos[ok]] = delta[won].detach().cpu().numpy()
-                state.broken_at[pos[ok]] = k
-                state.norms[pos[ok]] = lp_norm(delta[won], self.norm).cpu().numpy()
-                done += len(pos)
-                hooks.progress(done, total)
-                if hooks.should_stop():
-                    raise StopRequested
+            self.with_smaller_batches_on_oom(
+                partial(self._attack_epsilon, model, source, float(epsilons[k]), bounds, state, hooks, device, k, p, total)
+            )
             state.next_k = p + 1
             hooks.after_epsilon(k, state)
         return state
 
-    def _attack_batch(self, model, x, y, eps, bounds, state, pos, device, k) -> tuple[torch.Tensor, np.ndarray]:
+    def _attack_epsilon(self, model, source, eps, bounds, state, hooks, device, k, p, total) -> None:
+        """One pass: every candidate at epsilon index ``k``. Re-running it after an out-of-memory
+        error goes on where it stopped: the samples it broke are no longer candidates."""
+        n = len(source)
+        # Candidates at k: broken at the next larger epsilon (or, at the top, never broken).
+        # A sample that resisted at k + 1 resisted inside a larger ball: it is not attacked again.
+        candidates = np.flatnonzero(state.broken_at == k + 1)
+        done = (p + 1 + self.prepare_weight) * n - len(candidates)
+        for pos in self._batches(candidates, self.pool_batches):
+            x, y = self._load(source, pos, device)
+            delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k, hooks.should_stop)
+            won = torch.from_numpy(ok).to(device)
+            state.delta[pos[ok]] = delta[won].detach().cpu().numpy()
+            state.broken_at[pos[ok]] = k
+            state.norms[pos[ok]] = lp_norm(delta[won], self.norm).cpu().numpy()
+            done += len(pos)
+            hooks.progress(done, total)
+            if hooks.should_stop():
+                raise StopRequested
+
+    def with_smaller_batches_on_oom(self, run: Callable[[], None]) -> None:
+        """Run one stage; on out-of-memory, halve the batch size and run it again (down to one sample)."""
+        while True:
+            try:
+                run()
+                return
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if self.batch_size <= 1:
+                    raise OutOfMemory("out of memory with a batch of one sample") from None
+            # Outside the except block, so the failed attempt's tensors (held by the traceback) are freed.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.batch_size = max(1, self.batch_size // 2)
+            log.warning("out of memory: retrying with batch-size %d", self.batch_size)
+
+    def _attack_batch(self, model, x, y, eps, bounds, state, pos, device, k, stop=_no_stop) -> tuple[torch.Tensor, np.ndarray]:
         """One batch at one epsilon: perturb, project, and re-check in fp32 what counts."""
         init = torch.from_numpy(np.asarray(state.delta[pos])).to(device)
-        ctx = Context(model, bounds, self.generator(device, k, int(pos[0])), self.autocast)
+        ctx = Context(model, bounds, self.generator(device, k, int(pos[0])), self.autocast, should_stop=stop)
         if state.anchor is not None:
             ctx.extra["anchor"] = torch.from_numpy(state.anchor[pos]).to(device)
         delta, claimed = self.perturb(ctx, x, y, eps, init)
@@ -304,7 +346,7 @@ class Attack:
         if ctx.autocast and x.is_cuda and bool(retry.any()):
             # A bf16 "success" the fp32 check refused: attack those samples again in fp32.
             sub = retry.nonzero().squeeze(1)
-            fp32 = Context(model, bounds, ctx.generator, False, {name: v[sub] for name, v in ctx.extra.items()})
+            fp32 = Context(model, bounds, ctx.generator, False, {name: v[sub] for name, v in ctx.extra.items()}, stop)
             d2, _ = self.perturb(fp32, x[sub], y[sub], eps, delta[sub])
             d2 = clip_to_bounds(x[sub], project(d2.float(), eps, self.norm), bounds)
             delta[sub] = d2

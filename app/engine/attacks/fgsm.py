@@ -19,6 +19,7 @@ class FGSM(Attack):
         return {}
 
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
+        ctx.check()
         delta = torch.zeros_like(x, requires_grad=True)
         loss = cross_entropy(ctx.logits(x + delta), y)
         (grad,) = torch.autograd.grad(loss.sum(), delta)

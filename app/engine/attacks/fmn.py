@@ -11,6 +11,7 @@ estimate of the boundary) while it is not; steps and gamma anneal by cosine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,8 +47,10 @@ def minimal_norm(
     step_size: float = 1.0,
     gamma: float = 0.05,
     logits=None,
+    check: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: the smallest adversarial perturbation found and its norm (inf when none)."""
+    """Per sample: the smallest adversarial perturbation found and its norm (inf when none);
+    ``check`` is called every step (it raises to cancel)."""
     forward = logits or model
     lb, ub = bounds
     n = len(x)
@@ -59,6 +62,8 @@ def minimal_norm(
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     alpha_final, gamma_final = step_size / 100, gamma / 50
     for i in range(steps + 1):
+        if check is not None:
+            check()
         delta.requires_grad_(True)
         out = forward(x + delta)
         m = margin(out, y)
@@ -116,7 +121,7 @@ class FMN(Attack):
         state.min_norm = np.full(len(state.broken_at), np.inf, dtype=np.float32)
 
         def run(pos: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
-            ctx = Context(model, bounds, self.generator(device, 0, int(pos[0])), self.autocast)
+            ctx = Context(model, bounds, self.generator(device, 0, int(pos[0])), self.autocast, should_stop=hooks.should_stop)
             best, norms = minimal_norm(
                 model,
                 x,
@@ -127,6 +132,7 @@ class FMN(Attack):
                 step_size=self.step_size,
                 gamma=self.gamma,
                 logits=ctx.logits,
+                check=ctx.check,
             )
             state.anchor[pos] = best.cpu().numpy()
             state.min_norm[pos] = norms.cpu().numpy()

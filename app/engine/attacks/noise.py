@@ -28,6 +28,7 @@ class Noise(Attack):
         best = torch.zeros_like(x)
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
+            ctx.check()
             delta = clip_to_bounds(x, random_on_sphere(x, eps, self.norm, ctx.generator), ctx.bounds)
             adv = (ctx.logits(x + delta).argmax(1) != y) & ~success
             best[adv] = delta[adv]

@@ -79,6 +79,7 @@ class PGD(Attack):
         delta = self.start(ctx, x[idx], eps, None if init is None else init[idx])
         taken = torch.zeros(len(idx), dtype=torch.long, device=x.device)
         while len(idx):
+            ctx.check()
             xa, ya = x[idx], y[idx]
             delta.requires_grad_(True)
             logits = ctx.logits(xa + delta)
