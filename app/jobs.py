@@ -150,8 +150,8 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
             return None
         resolved = rec["resolved"]
         scope = file_scope(rec["owner"], bool(settings.api_keys))
-        model_path = storage.job_input(resolved["model"], scope, settings.file_references)
-        dataset_path = storage.job_input(resolved["dataset"], scope, settings.file_references)
+        model_path = storage.job_input(resolved["model"], scope, settings.file_references, what="model")
+        dataset_path = storage.job_input(resolved["dataset"], scope, settings.file_references, what="dataset")
         output = evaluate(
             rec["request"],
             model_path,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .config import PUBLIC
-from .exceptions import UnsafePathError
+from .exceptions import InvalidFileError, UnsafePathError
 
 CHUNK = 1 << 20
 FILES = "files"
@@ -143,15 +143,20 @@ class Storage:
             )
         return resolved
 
-    def job_input(self, ref: dict[str, Any], scope: str | None, named_files: bool = True) -> Path:
+    def job_input(self, ref: dict[str, Any], scope: str | None, named_files: bool = True, what: str = "file") -> Path:
         """The file a stored job reads: its upload's blob, or its named file checked again with
         the submit's confinement, so that a symlink swapped since cannot lead to a blob."""
         kind = ref.get("kind") or ("upload" if ref.get("sha256") else "file")  # records from before "kind"
         if kind == "upload":
-            return self.resolve_blob(ref["path"])
-        if not named_files:
+            path = self.resolve_blob(ref["path"])
+        elif not named_files:
             raise UnsafePathError("file references are disabled on this service (FILE_REFERENCES=off)")
-        return self.resolve_named_file(ref["path"], scope)
+        else:
+            path = self.resolve_named_file(ref["path"], scope)
+        if not path.is_file():  # deleted or replaced since the submit: say which, by the name the user gave
+            name = f"the uploaded file {ref.get('id')}" if kind == "upload" else ref["path"]
+            raise InvalidFileError(f"cannot read the {what}: {name} no longer exists")
+        return path
 
     # -- per-job artifacts ---------------------------------------------------
     def job_dir(self, job_id: str) -> Path:

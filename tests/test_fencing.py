@@ -119,7 +119,11 @@ def test_stalled_work_horse_stops_and_writes_nothing_once_a_newer_attempt_owns_t
                 r = record(conn, job_id)
                 if r.get("progress-done"):
                     seen_progress.append(int(r["progress-done"]))
-                stale_files.extend(p.name for p in job_dir.glob(f"checkpoint.{token_a}*"))
+                # A file of attempt 1 written before its stall may remain until attempt 2 cleans up;
+                # any new or changed one is a write made after the takeover.
+                stale_files.extend(
+                    p.name for p in job_dir.glob(f"checkpoint.{token_a}*") if identity(p) != left_by_a.get(p.name)
+                )
                 try:
                     with np.load(job_dir / "checkpoint.npz", allow_pickle=False) as ck:
                         if token_a in str(ck["delta_file"]) and identity(job_dir / "checkpoint.npz") != before:
@@ -129,6 +133,8 @@ def test_stalled_work_horse_stops_and_writes_nothing_once_a_newer_attempt_owns_t
                 time.sleep(0.02)
 
         before = identity(job_dir / "checkpoint.npz")  # attempt 1's last checkpoint, if B has not saved yet
+        # What attempt 1 left when it was stopped (a temporary checkpoint it was writing, say).
+        left_by_a = {p.name: identity(p) for p in job_dir.glob(f"checkpoint.{token_a}*")}
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         t_cont = time.monotonic()
