@@ -151,3 +151,28 @@ def wait_status(client, job_id: str, statuses=("finished", "failed", "canceled")
             return body
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not reach {statuses}: {body}")
+
+
+# A job that runs for a while on the digits CNN: several epsilons, 300 PGD steps.
+SLOW_REQUEST = {
+    "trained-model": "files/cnn.onnx",
+    "dataset": "files/val.h5",
+    "preprocessing": {},
+    "perturbation-values": [0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15],
+    "attack-params": {"steps": 300},
+}
+
+
+def submit(client, body) -> str:
+    """POST an evaluation, assert it was queued, return its id."""
+    r = client.post("/api/security_evaluations", json=body)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["job_id"]
+
+
+def queue_client(settings: dict, queue: str):
+    """A test client of an app whose jobs go to a queue of their own (served by a test's own worker)."""
+    from app import create_app
+
+    return create_app({**settings, "queue_name": queue}).test_client()
+

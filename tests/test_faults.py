@@ -9,21 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import start_worker, stop_process, wait_status
-
-SLOW = {
-    "trained-model": "files/cnn.onnx",
-    "dataset": "files/val.h5",
-    "preprocessing": {},
-    "perturbation-values": [0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15],
-    "attack-params": {"steps": 300},
-}
-
-
-def submit(client, body):
-    r = client.post("/api/security_evaluations", json=body)
-    assert r.status_code == 202, r.get_json()
-    return r.get_json()["job_id"]
+from conftest import SLOW_REQUEST, start_worker, stop_process, submit, wait_status
 
 
 def kill_group(proc, horse_pid: int | None = None) -> None:
@@ -50,7 +36,7 @@ def test_worker_killed_mid_job_is_rerun_once_and_resumes(client, redis_server, a
     a = start_worker(redis_server.url, appdata, name=f"doomed-{tag}")
     b = None
     try:
-        job_id = submit(client, SLOW)
+        job_id = submit(client, SLOW_REQUEST)
         wait_progress(client, job_id, at_least=0)  # the doomed worker holds it
         b = start_worker(redis_server.url, appdata, name=f"survivor-{tag}") if survivor else None
         # Past the clean pass and the largest epsilon: a checkpoint exists.
@@ -68,7 +54,7 @@ def test_worker_killed_mid_job_is_rerun_once_and_resumes(client, redis_server, a
         assert status["job-status"] == "finished", status
         out = client.get(f"/api/security_evaluations/{job_id}/output").get_json()
         assert out["attempt"] == 2 and out["resumed"] is True
-        assert out["sec-curve"]["x-values"] == SLOW["perturbation-values"]
+        assert out["sec-curve"]["x-values"] == SLOW_REQUEST["perturbation-values"]
         assert conn.get(f"secev:result:{job_id}") is not None
         assert conn.exists(f"secev:lease:{job_id}") == 0
         print(f"recovered and finished {recovered_in:.1f} s after SIGKILL")
@@ -85,7 +71,7 @@ def test_job_timeout_fails_with_an_actionable_message(settings, redis_server, ap
     client = create_app({**settings, "job_timeout": 2, "queue_name": "short"}).test_client()
     worker = start_worker(redis_server.url, appdata, name="short-worker", QUEUE_NAME="short")
     try:
-        job_id = submit(client, SLOW)
+        job_id = submit(client, SLOW_REQUEST)
         status = wait_status(client, job_id, timeout=60)
         assert status["job-status"] == "failed"
         assert "job timeout (2 s" in status["error"] and "fast" in status["error"]
@@ -128,7 +114,7 @@ def test_api_keys_required_everywhere_but_health(tenants):
 
 
 def own(tenant: str, **fields) -> dict:
-    return {**SLOW, "trained-model": f"files/{tenant}/cnn.onnx", "dataset": f"files/{tenant}/val.h5", **fields}
+    return {**SLOW_REQUEST, "trained-model": f"files/{tenant}/cnn.onnx", "dataset": f"files/{tenant}/val.h5", **fields}
 
 
 def test_tenants_see_and_delete_only_their_own(tenants, assets):

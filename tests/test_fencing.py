@@ -15,31 +15,18 @@ import pytest
 import redis
 from rq import Worker
 
-from conftest import start_worker, stop_process, wait_status
+from conftest import SLOW_REQUEST, queue_client, start_worker, stop_process, submit, wait_status
 
 QUEUE = "fencing"
 FAST_LEASE = {"LEASE_TTL": "2", "RECOVERY_GRACE": "1", "RECOVERY_INTERVAL": "0.5", "QUEUE_NAME": QUEUE}
-SLOW = {
-    "trained-model": "files/cnn.onnx",
-    "dataset": "files/val.h5",
-    "preprocessing": {},
-    "perturbation-values": [0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15],
-    "attack-params": {"steps": 300},
-}
-ENDLESS = {**SLOW, "perturbation-values": [0, 0.001], "attack-params": {"steps": 10000, "restarts": 20}}
+
+ENDLESS = {**SLOW_REQUEST, "perturbation-values": [0, 0.001], "attack-params": {"steps": 10000, "restarts": 20}}
 
 
 @pytest.fixture
 def fclient(settings):
-    from app import create_app
+    return queue_client(settings, QUEUE)
 
-    return create_app({**settings, "queue_name": QUEUE}).test_client()
-
-
-def submit(client, body) -> str:
-    r = client.post("/api/security_evaluations", json=body)
-    assert r.status_code == 202, r.get_json()
-    return r.get_json()["job_id"]
 
 
 def record(conn: redis.Redis, job_id: str) -> dict[str, str]:
@@ -88,7 +75,7 @@ def test_stalled_work_horse_stops_and_writes_nothing_once_a_newer_attempt_owns_t
     b = None
     pid_a = None
     try:
-        job_id = submit(fclient, SLOW)
+        job_id = submit(fclient, SLOW_REQUEST)
         pid_a = horse_pid(conn, job_id)
         token_a = record(conn, job_id)["token"]
         b = start_worker(redis_server.url, appdata, name=f"taker-{tag}", **FAST_LEASE)
@@ -186,7 +173,7 @@ def test_delete_stops_a_10000_step_20_restart_job_within_2_seconds(fclient, redi
         assert elapsed < 2, f"the work-horse ran on for {elapsed:.1f} s"
         assert conn.exists(f"secev:evaluation:{job_id}") == 0 and conn.exists(f"secev:result:{job_id}") == 0
         # The same worker serves the next job.
-        nxt = submit(fclient, {**SLOW, "perturbation-values": [0.05], "attack-params": {"steps": 10}})
+        nxt = submit(fclient, {**SLOW_REQUEST, "perturbation-values": [0.05], "attack-params": {"steps": 10}})
         assert wait_status(fclient, nxt, timeout=120)["job-status"] == "finished"
     finally:
         stop_process(worker)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import start_worker, stop_process, wait_status
+from conftest import queue_client, start_worker, stop_process, submit, wait_status
 
 QUEUE = "bounds"
 DISK_MB, MEMORY_MB = 1, 2
@@ -39,15 +39,8 @@ def bounded(redis_server, appdata, tmp_path_factory):
 
 @pytest.fixture
 def bclient(settings):
-    from app import create_app
+    return queue_client(settings, QUEUE)
 
-    return create_app({**settings, "queue_name": QUEUE}).test_client()
-
-
-def submit(client, body) -> str:
-    r = client.post("/api/security_evaluations", json=body)
-    assert r.status_code == 202, r.get_json()
-    return r.get_json()["job_id"]
 
 
 def assert_no_server_path(text: str, appdata) -> None:
