@@ -141,6 +141,11 @@ def test_big_upload_is_validated_in_the_background(
     named = {**body, "dataset": "files/val.h5"}
     r = client.post("/api/security_evaluations", json=named)
     assert r.status_code == 409 and r.get_json()["details"]["field"] == "dataset", r.get_json()
+    # A named file too slow to scan: the worker's time limit rejects it, and the submit then says so.
+    slow_name = f"files/slow-{queue}.h5"
+    hostile.slow_to_scan(appdata / slow_name)
+    named_slow = {**body, "dataset": slow_name}
+    assert client.post("/api/security_evaluations", json=named_slow).status_code == 409
 
     worker = start_worker(redis_server.url, appdata, name=f"w-{queue}", QUEUE_NAME=queue)
     try:
@@ -161,8 +166,14 @@ def test_big_upload_is_validated_in_the_background(
         while (r := client.post("/api/security_evaluations", json=named)).status_code == 409 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert r.status_code == 202, r.get_json()
+        deadline = time.monotonic() + 60
+        while (r := client.post("/api/security_evaluations", json=named_slow)).status_code == 409 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert r.status_code == 400 and "time limit (3 s)" in r.get_json()["error"], r.get_json()
+        assert r.get_json()["details"]["field"] == "dataset"
     finally:
         stop_process(worker)
+        (appdata / slow_name).unlink(missing_ok=True)
 
 
 def test_a_lost_validation_job_turns_the_record_rejected(settings, redis_server, assets, small_inline_budget):
