@@ -43,9 +43,11 @@ class Bundle:
         self.hashes: dict[str, str] = {}
         self.size = 0
 
-    def add(self, name: str, stream: IO[bytes], field: str) -> None:
-        """Write one file of the bundle; the graph goes under ``model.onnx``, data files under their own name."""
-        if name != BUNDLE_GRAPH:
+    def add(self, name: str | None, stream: IO[bytes], field: str) -> None:
+        """Write one file of the bundle: the graph (``name`` None) under ``model.onnx``, a data file under its own name."""
+        if name is None:
+            name = BUNDLE_GRAPH
+        else:
             check_data_name(name, field)
         if name in self.hashes:
             raise ValidationError(f"two data files are named {name!r}", details={"field": field})
@@ -90,7 +92,7 @@ def from_fields(storage: Storage, graph: Any, data: list[Any], max_bytes: int) -
     """A graph (``file``) and its data files (``external-data``), as uploaded by name."""
     bundle = Bundle(storage, max_bytes)
     try:
-        bundle.add(BUNDLE_GRAPH, graph.stream, "file")
+        bundle.add(None, graph.stream, "file")
         for upload in data:
             bundle.add(upload.filename or "", upload.stream, "external-data")
         return bundle.finish()
@@ -148,7 +150,7 @@ def from_zip(storage: Storage, upload: Any, max_bytes: int) -> tuple[dict[str, A
             graph, data = _zip_members(archive, max_bytes)
             try:
                 for info in [graph, *data]:
-                    name = BUNDLE_GRAPH if info is graph else PurePosixPath(info.filename).name
+                    name = None if info is graph else PurePosixPath(info.filename).name
                     with archive.open(info) as src:
                         bundle.add(name, src, "file")
             except (zipfile.BadZipFile, NotImplementedError, EOFError) as exc:  # bad CRC, unknown compression
