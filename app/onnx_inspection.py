@@ -8,6 +8,7 @@ every tensor a model holds, wherever it sits, and absurd models are refused befo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,19 @@ from .exceptions import InvalidFileError
 
 MAX_MODEL_NODES = 100_000
 MAX_SUBGRAPH_DEPTH = 32
+# Whole-byte element sizes; other types (strings, packed sub-byte types) get no length check.
+ITEM_BYTES = {
+    getattr(onnx.TensorProto, name): size
+    for size, names in {
+        1: ("UINT8", "INT8", "BOOL", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0"),
+        2: ("UINT16", "INT16", "FLOAT16", "BFLOAT16"),
+        4: ("FLOAT", "INT32", "UINT32"),
+        8: ("INT64", "UINT64", "DOUBLE", "COMPLEX64"),
+        16: ("COMPLEX128",),
+    }.items()
+    for name in names
+    if hasattr(onnx.TensorProto, name)
+}
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -70,36 +84,92 @@ def model_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return tensors
 
 
-def _check_external_data(tensors: list[onnx.TensorProto], base: Path, *, allow: bool) -> None:
+def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
+    """How many bytes the tensor's dims and type call for; None where that is not a whole-byte type."""
+    size = ITEM_BYTES.get(tensor.data_type)
+    return None if size is None else math.prod(tensor.dims) * size
+
+
+def _int_entry(tensor: onnx.TensorProto, key: str) -> int | None:
+    raw = next((e.value for e in tensor.external_data if e.key == key), None)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidFileError(f"external data of tensor {tensor.name!r}: {key} {raw!r} is not a non-negative integer")
+    return int(raw)
+
+
+def _check_span(tensor: onnx.TensorProto, location: str, file_size: int) -> None:
+    """The tensor's bytes must lie inside its data file and be exactly as many as its shape calls for,
+    so that loading it can neither read past the file nor be handed a tensor of another size."""
+    offset = _int_entry(tensor, "offset") or 0
+    length = _int_entry(tensor, "length")
+    span = file_size - offset if length is None else length
+    if offset + span > file_size or span < 0:
+        raise InvalidFileError(
+            f"external data of tensor {tensor.name!r} lies beyond the end of {location!r}",
+            details={"location": location, "offset": offset, "length": length, "file-size": file_size},
+        )
+    expected = _expected_bytes(tensor)
+    if expected is not None and span != expected:
+        raise InvalidFileError(
+            f"external data of tensor {tensor.name!r} holds {span} bytes, its shape and type call for {expected}",
+            details={"location": location, "length": span, "expected": expected},
+        )
+
+
+def _check_external_data(tensors: list[onnx.TensorProto], base: Path, *, allow: bool, uploaded: set[str] | None) -> bool:
+    """Every location must name a regular file beside the model (one of ``uploaded`` when given,
+    each of which must be used), and every span must lie inside it. True if any tensor is external."""
+    used: set[str] = set()
     for tensor in tensors:
         if not (uses_external_data(tensor) or len(tensor.external_data)):
             continue
         if not allow:
             raise InvalidFileError(
-                f"models with external data are not accepted on upload (tensor {tensor.name!r}); "
-                "save the model as one self-contained .onnx file"
+                f"models with external data need their data file uploaded with them (tensor {tensor.name!r}): "
+                "send it in the multipart field 'external-data', or both files in one .zip"
             )
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (base / location).resolve()
         if not location or Path(location).is_absolute() or ".." in Path(location).parts or not target.is_relative_to(base):
             raise InvalidFileError(f"external data location {location!r} points outside the model's folder")
+        if uploaded is not None and location not in uploaded:
+            raise InvalidFileError(
+                f"external data location {location!r} names a file that was not uploaded with the model",
+                details={"location": location, "uploaded": sorted(uploaded)},
+            )
+        if (base / location).is_symlink() or not target.is_file():
+            raise InvalidFileError(f"external data location {location!r} is not a regular file beside the model")
+        _check_span(tensor, location, target.stat().st_size)
+        used.add(location)
+    if uploaded is not None and uploaded - used:
+        unused = sorted(uploaded - used)
+        raise InvalidFileError(f"uploaded data file(s) the model never references: {unused}", details={"unused": unused})
+    return bool(used)
 
 
-def inspect_model(path: Path, *, allow_external_data: bool = False) -> dict[str, Any]:
+def inspect_model(path: Path, *, allow_external_data: bool = False, uploaded: set[str] | None = None) -> dict[str, Any]:
     """Check an ONNX file and describe its input and output.
 
-    External data is refused for uploads (one file is all we store), wherever a tensor
-    sits; for files named inside the data directory it must stay beside the model.
+    External data is only read from files beside the model: for an upload, from the data
+    files uploaded with it (``uploaded``, their names; each must be used); for files named
+    inside the data directory (``allow_external_data``), from any file in its folder. The
+    data itself is never loaded here: the checker runs on the graph, locations and spans
+    are checked against the data files' sizes.
     """
+    allow = allow_external_data or uploaded is not None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises a zoo of types on garbage
         raise InvalidFileError(f"not a readable ONNX model: {type(exc).__name__}") from None
     if not model.graph.node:
         raise InvalidFileError("ONNX graph has no nodes")
-    _check_external_data(model_tensors(model), path.parent.resolve(), allow=allow_external_data)
+    external = _check_external_data(model_tensors(model), path.parent.resolve(), allow=allow, uploaded=uploaded)
     try:
-        onnx.checker.check_model(str(path) if allow_external_data else model)
+        # Given a proto, the checker looks for external files relative to the working directory;
+        # given the path, beside the model (it checks they exist, and does not read them).
+        onnx.checker.check_model(str(path) if external else model)
     except Exception as exc:
         raise InvalidFileError("ONNX checker rejected the model", details=str(exc)[:500]) from None
     initializers = {t.name for t in model.graph.initializer}

@@ -3,6 +3,7 @@
 Layout under ``APPDATA`` (``appdata/`` by default)::
 
     blobs/<sha256[:2]>/<sha256>.<ext>   uploaded models and datasets, content-addressed
+    blobs/<sha256[:2]>/<sha256>/        a model with external data: ``model.onnx`` and its data files
     evaluations/<job id>/               per-job artifacts (per-sample results, checkpoints)
     uploads/                            partial uploads, renamed into blobs/ once validated
     redis/                              the embedded Redis's append-only files (demo only)
@@ -30,7 +31,8 @@ from .exceptions import InvalidFileError, UnsafePathError
 CHUNK = 1 << 20
 FILES = "files"
 SERVICE_DIRS = ("blobs", "evaluations", "uploads", "redis")
-BLOB_RE = re.compile(r"blobs/([0-9a-f]{2})/\1[0-9a-f]{62}\.[a-z0-9]{1,8}")
+BLOB_RE = re.compile(r"blobs/([0-9a-f]{2})/\1[0-9a-f]{62}(\.[a-z0-9]{1,8}|/model\.onnx)")
+BUNDLE_GRAPH = "model.onnx"  # the graph's name inside a stored bundle; its data files keep their own names
 SAFE_FOLDER_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -71,21 +73,33 @@ class Storage:
         Raises ``ValueError`` once more than ``max_bytes`` arrive, deleting what was written.
         """
         self.ensure()
-        digest = hashlib.sha256()
-        size = 0
         fd, tmp = tempfile.mkstemp(dir=self.root / "uploads", suffix=suffix)
+        os.close(fd)
+        sha256, size = save_stream(stream, Path(tmp), max_bytes)
+        return Path(tmp), sha256, size
+
+    def stage_bundle(self) -> Path:
+        """A fresh folder under ``uploads/`` where a model and its data files are gathered."""
+        self.ensure()
+        return Path(tempfile.mkdtemp(dir=self.root / "uploads", prefix="bundle-"))
+
+    def commit_bundle(self, staged: Path, sha256: str) -> Path:
+        """Move a validated bundle folder to its content address; returns its graph's path.
+
+        Idempotent for equal content: a bundle already stored (or stored by a concurrent
+        upload between the check and the rename) wins and the staged copy is dropped.
+        """
+        dest = self.root / "blobs" / sha256[:2] / sha256
+        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ValueError(f"file is larger than the {max_bytes // 2**20} MB limit")
-                    digest.update(chunk)
-                    out.write(chunk)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return Path(tmp), digest.hexdigest(), size
+            if dest.exists():
+                raise FileExistsError(dest)
+            os.rename(staged, dest)
+        except OSError:
+            if not (dest / BUNDLE_GRAPH).is_file():
+                raise
+            shutil.rmtree(staged, ignore_errors=True)
+        return dest / BUNDLE_GRAPH
 
     def commit_upload(self, tmp: Path, sha256: str, suffix: str) -> Path:
         """Move a validated upload to its content address (idempotent for equal content)."""
@@ -165,6 +179,34 @@ class Storage:
 
     def remove_job_dir(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+def save_stream(stream: IO[bytes], path: Path, max_bytes: int) -> tuple[str, int]:
+    """Copy a stream to ``path`` a chunk at a time, hashing it; returns (sha256, size).
+
+    Raises ``ValueError`` once more than ``max_bytes`` arrive, deleting what was written.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "wb") as out:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"file is larger than the {max_bytes // 2**20} MB limit")
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return digest.hexdigest(), size
+
+
+def bundle_sha256(files: dict[str, str]) -> str:
+    """The content address of a bundle: a hash over each file's name and hash (``sha256sum``'s format),
+    so that equal graphs with different weights, or renamed data files, never share a folder."""
+    manifest = "".join(f"{sha}  {name}\n" for name, sha in sorted(files.items()))
+    return hashlib.sha256(manifest.encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -2,7 +2,9 @@
 
 Every check an upload gets in the request is bounded (see ``app.inspection``). A dataset
 too big to scan inline is stored ``validating`` and answered 202; a worker finishes
-the scan (``app.validation``) and the record becomes ``ready`` or ``rejected``.
+the scan (``app.validation``) and the record becomes ``ready`` or ``rejected``. A model
+with external data comes with its data file(s) in the field ``external-data``, or all in
+one ``.zip`` (see ``app.bundles``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
 
-from .. import auth, inspection, validation
+from .. import auth, bundles, inspection, validation
 from ..exceptions import InvalidFileError, NotFoundError, PayloadTooLargeError, ValidationError
 from ..extensions import get_queue, get_records, get_settings, get_storage
 from ..records import now
@@ -50,28 +52,47 @@ def public_view(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in ("owner", "blob")}
 
 
+def _store(kind: str, upload: Any, suffix: str, data: list[Any]) -> tuple[dict[str, Any], str, int, Path]:
+    """Check and store one upload; returns (inspection, sha256, size, stored path)."""
+    settings, storage = get_settings(), get_storage()
+    max_bytes = settings.max_upload_mb * 2**20
+    if suffix == ".zip":
+        if data:
+            raise ValidationError("send either a .zip or the field 'external-data', not both", details={"field": "external-data"})
+        return bundles.from_zip(storage, upload, max_bytes)
+    if data:
+        return bundles.from_fields(storage, upload, data, max_bytes)
+    try:
+        tmp, sha256, size = storage.save_upload(upload.stream, suffix, max_bytes)
+    except ValueError as exc:
+        raise PayloadTooLargeError(str(exc), details={"field": "file", "limit-mb": settings.max_upload_mb}) from None
+    try:
+        if size == 0:
+            raise InvalidFileError("the uploaded file is empty")
+        info = KINDS[kind][1](tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return info, sha256, size, storage.commit_upload(tmp, sha256, suffix)
+
+
 def _upload(kind: str):
-    suffixes, inspect = KINDS[kind]
+    suffixes = KINDS[kind][0] + ((".zip",) if kind == "model" else ())
     upload = request.files.get("file")
+    # A browser sends an unselected file input as a part without a file name: not a data file.
+    data = [f for f in request.files.getlist("external-data") if f.filename]
+    if data and kind != "model":
+        raise ValidationError("the field 'external-data' is only for models", details={"field": "external-data"})
+    if upload is None and data:
+        raise ValidationError("the external data came without its graph: send the .onnx file in the field 'file'")
     if upload is None:
         raise ValidationError("multipart field 'file' is required", details={"field": "file"})
     name = safe_name(upload.filename or "")
     suffix = Path(name).suffix.lower()
     if suffix not in suffixes:
         raise ValidationError(f"{kind} files must end in {' or '.join(suffixes)}, got {name!r}", details={"field": "file"})
-    settings, storage = get_settings(), get_storage()
-    try:
-        tmp, sha256, size = storage.save_upload(upload.stream, suffix, settings.max_upload_mb * 2**20)
-    except ValueError as exc:
-        raise PayloadTooLargeError(str(exc), details={"field": "file", "limit-mb": settings.max_upload_mb}) from None
-    try:
-        if size == 0:
-            raise InvalidFileError("the uploaded file is empty")
-        info = inspect(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    blob = storage.commit_upload(tmp, sha256, suffix)
+    storage = get_storage()
+    info, sha256, size, blob = _store(kind, upload, suffix, data)
     ready = kind == "model" or inspection.is_scanned(info)
     meta = {
         "id": uuid.uuid4().hex,

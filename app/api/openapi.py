@@ -77,7 +77,22 @@ UPLOAD = {
     "required": True,
     "content": {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "the .onnx or .h5 file; for a model, also a .zip holding one .onnx and its data files",
+                    },
+                    "external-data": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "models only: the data file(s) the graph's external data names, under those names",
+                    },
+                },
+            }
         }
     },
 }
