@@ -274,8 +274,8 @@ def check_against_dataset(req: dict[str, Any], dataset: dict[str, Any]) -> None:
         axis = "last" if layout == "nhwc" else "first"
         raise _fail(
             "preprocessing",
-            f"{len(pre['mean'])} mean/std values but the dataset's samples {dataset['shape']} have {n_channels} channels "
-            f"({layout}: channels on the {axis} axis of a sample; set input-layout if that is not the model's layout)",
+            f"{len(pre['mean'])} mean/std values but the dataset has {n_channels} channels (samples {dataset['shape']}, "
+            f"{layout}: channels on the {axis} axis; set input-layout if that is not the model's layout)",
         )
     if req["indexes"] and req["indexes"][-1] >= n:
         raise _fail("indexes", f"index {req['indexes'][-1]} is out of range for a dataset of {n} samples")
