@@ -97,8 +97,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     req = schemas.evaluation_request(request_body(args))
     model_info = inspect_model(args.trained_model, allow_external_data=True)
     data_info = inspect_dataset(args.dataset, scan=False)
-    schemas.check_against_dataset(req, data_info)
-    schemas.check_against_model(model_info, data_info)
+    req = schemas.bind_to_files(req, model_info, data_info)
     bar = None if args.quiet else tqdm(total=1, unit="sample-eps", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:

@@ -200,6 +200,12 @@ def declared_classes(labels: h5py.Dataset) -> int | None:
     return int(number)
 
 
+def samples_dtype_ok(dtype: np.dtype) -> bool:
+    """Floats up to 64 bits, or integers every value of which float32 holds exactly (up to 16 bits):
+    the evaluation converts samples to float32, and an integer dataset (uint8 images) keeps its scale."""
+    return (dtype.kind == "f" and dtype.itemsize <= 8) or (dtype.kind in "iu" and dtype.itemsize <= 2)
+
+
 def checked_arrays(fh: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, ScanCost]:
     """``samples`` and ``labels`` after every metadata check, and what reading them all costs.
     Reads no data."""
@@ -210,10 +216,14 @@ def checked_arrays(fh: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset, ScanCost]
         if not isinstance(fh[name], h5py.Dataset):
             raise InvalidFileError(f"'{name}' is a group, not a dataset")
     samples, labels = fh["samples"], fh["labels"]
-    if samples.dtype.kind != "f" or samples.dtype.itemsize > 8:
-        raise InvalidFileError(f"'samples' must hold floats (up to 64 bits), not {samples.dtype}")
+    if not samples_dtype_ok(samples.dtype):
+        raise InvalidFileError(
+            f"'samples' must hold floats (16, 32 or 64 bits) or integers of up to 16 bits, not {samples.dtype}"
+        )
     if samples.ndim != 4:
-        raise InvalidFileError(f"'samples' must be N x C x H x W, got shape {list(samples.shape)}")
+        raise InvalidFileError(
+            f"'samples' must be N x C x H x W (or N x H x W x C for a channels-last model), got shape {list(samples.shape)}"
+        )
     n = samples.shape[0]
     if n == 0:
         raise InvalidFileError("'samples' is empty")
@@ -292,9 +302,12 @@ def scan_arrays(samples: h5py.Dataset, labels: h5py.Dataset) -> dict[str, Any]:
     """Read everything once in blocks: refuse NaN, infinite (after the float32 conversion the
     evaluation does) and negative or out-of-range labels; return value range and class count."""
     lo, hi = math.inf, -math.inf
+    exact = samples.dtype.kind in "iu"  # integers of up to 16 bits: finite, and exact as float32 with no copy
     for where in _tiles(samples):
-        block = np.asarray(_read(samples, "samples", where), dtype=np.float32)
-        if not np.isfinite(block).all():
+        block = _read(samples, "samples", where)
+        if not exact:
+            block = np.asarray(block, dtype=np.float32)
+        if not exact and not np.isfinite(block).all():
             rows = f"rows {where[0].start}..{where[0].stop - 1}"
             raise InvalidFileError(f"'samples' holds NaN or infinite values as float32 ({rows})")
         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
@@ -317,7 +330,8 @@ def scan_arrays(samples: h5py.Dataset, labels: h5py.Dataset) -> dict[str, Any]:
 def inspect_dataset(path: Path, *, scan: bool = True, scan_limit: int | None = None) -> dict[str, Any]:
     """Check an HDF5 dataset and describe it.
 
-    ``samples`` must be N x C x H x W floats, ``labels`` N integers or N x K one-hot.
+    ``samples`` must be N x C x H x W (or N x H x W x C, the model's layout) floats or integers of up
+    to 16 bits (see :func:`samples_dtype_ok`), ``labels`` N integers or N x K one-hot.
     With ``scan`` the whole file is read in blocks (see :func:`scan_arrays`); with
     ``scan_limit`` only when that costs at most that many bytes and :data:`INLINE_MAX_CHUNKS`. The
     result has ``value-range`` only when it was scanned (:func:`is_scanned`).

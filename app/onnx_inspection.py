@@ -19,6 +19,7 @@ from .exceptions import InvalidFileError
 
 MAX_MODEL_NODES = 100_000
 MAX_SUBGRAPH_DEPTH = 32
+MAX_MODEL_OUTPUTS = 1024  # each one's shape is recorded; a classifier has a handful
 # Whole-byte element sizes; other types (strings, packed sub-byte types) get no length check.
 ITEM_BYTES = {
     getattr(onnx.TensorProto, name): size
@@ -45,6 +46,18 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
         else:
             out.append(None)
     return out
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph's real inputs (an initializer listed among the inputs is a constant, not one)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def input_shape(model: onnx.ModelProto) -> list[int | str | None]:
+    """The first real input's declared shape (ints, symbolic names, None where unknown)."""
+    inputs = graph_inputs(model)
+    return _dims(inputs[0]) if inputs else []
 
 
 def _sparse_parts(sparse: onnx.SparseTensorProto) -> list[onnx.TensorProto]:
@@ -172,22 +185,23 @@ def inspect_model(path: Path, *, allow_external_data: bool = False, uploaded: se
         onnx.checker.check_model(str(path) if external else model)
     except Exception as exc:
         raise InvalidFileError("ONNX checker rejected the model", details=str(exc)[:500]) from None
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise InvalidFileError(f"model must have exactly one input, it has {len(inputs)}")
     if not model.graph.output:
         raise InvalidFileError("model has no output")
+    if len(model.graph.output) > MAX_MODEL_OUTPUTS:
+        raise InvalidFileError(f"model has {len(model.graph.output)} outputs; the limit is {MAX_MODEL_OUTPUTS}")
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        output = inferred.graph.output[0]
+        outputs = list(onnx.shape_inference.infer_shapes(model).graph.output)
     except Exception:
-        output = model.graph.output[0]
+        outputs = list(model.graph.output)
     ops = sorted({n.op_type for n in model.graph.node})
     last_op = model.graph.node[-1].op_type
     return {
         "input-shape": _dims(inputs[0]),
-        "output-shape": _dims(output),
+        "output-shape": _dims(outputs[0]),
+        "output-shapes": [_dims(o) for o in outputs],  # in the graph's order: what output-index picks from
         "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
         "operators": ops,
         "ends-with-softmax": last_op in ("Softmax", "LogSoftmax"),

@@ -25,6 +25,8 @@ MAX_STEPS = 10_000
 MAX_INDEXES = 10_000
 MAX_CHANNELS = 16
 MAX_REFERENCE_CHARS = 1024
+LAYOUTS = ("auto", "nchw", "nhwc")
+MAX_OUTPUT_INDEX = 1023  # below onnx_inspection.MAX_MODEL_OUTPUTS
 
 # Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon).
 ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -53,6 +55,8 @@ REQUEST_FIELDS = (
     "task",
     "batch-size",
     "seed",
+    "input-layout",
+    "output-index",
 )
 
 
@@ -219,15 +223,60 @@ def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
     req["task"] = _choice("task", body.get("task", "classification"), ("classification",))
     req["batch-size"] = _integer("batch-size", body.get("batch-size", 128), 1, MAX_BATCH_SIZE)
     req["seed"] = _integer("seed", body.get("seed", 0), 0, 2**31 - 1)
+    req["input-layout"] = _choice("input-layout", body.get("input-layout", "auto"), LAYOUTS)
+    req["output-index"] = _integer("output-index", body.get("output-index", 0), 0, MAX_OUTPUT_INDEX)
+    return req
+
+
+# -- Binding a request to its model and dataset --------------------------------
+def detect_layout(input_shape: list[Any]) -> str:
+    """``nhwc`` when a model's declared input is channels-last: four dims, the last one 1 or 3
+    and the second one not (e.g. ``[N, 32, 32, 3]``); ``nchw`` otherwise (also when unknown)."""
+    if len(input_shape) == 4 and input_shape[3] in (1, 3) and input_shape[1] not in (1, 3):
+        return "nhwc"
+    return "nchw"
+
+
+def resolve_layout(requested: str, input_shape: list[Any]) -> str:
+    """The layout that runs: the request's, or with ``auto`` the one the model's input declares."""
+    return detect_layout(input_shape) if requested == "auto" else requested
+
+
+def channels(sample_shape: list[int] | tuple[int, ...], layout: str) -> int:
+    """Channels of one sample (C x H x W, or H x W x C for ``nhwc``)."""
+    return int(sample_shape[-1] if layout == "nhwc" else sample_shape[0])
+
+
+def scores_shape(shape: list[Any]) -> list[Any]:
+    """A declared output shape as the engine sees it: ``[N, K, 1, 1]`` (or ``[N, 1, K]``) is ``[N, K]``."""
+    if len(shape) <= 2:
+        return shape
+    big = [d for d in shape[1:] if d != 1]
+    return [shape[0], big[0] if big else 1] if len(big) <= 1 else shape
+
+
+def bind_to_files(req: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
+    """The request to store and run: ``auto`` resolved to the model's layout, then every check
+    that needs the model's and the dataset's descriptions (400 naming the field)."""
+    req = {**req, "input-layout": resolve_layout(req.get("input-layout", "auto"), model.get("input-shape") or [])}
+    check_against_dataset(req, dataset)
+    check_against_model(req, model, dataset)
     return req
 
 
 def check_against_dataset(req: dict[str, Any], dataset: dict[str, Any]) -> None:
-    """Checks that need the dataset's description (known at submit time)."""
-    channels, n = dataset["channels"], dataset["n-samples"]
+    """Checks that need the dataset's description (known at submit time); channels are counted
+    on the axis of the request's (resolved) ``input-layout``."""
+    layout = req.get("input-layout", "nchw")
+    n_channels, n = channels(dataset["shape"], layout), dataset["n-samples"]
     pre = req["preprocessing"]
-    if pre and len(pre["mean"]) not in (1, channels):
-        raise _fail("preprocessing", f"{len(pre['mean'])} mean/std values but the dataset has {channels} channels")
+    if pre and len(pre["mean"]) not in (1, n_channels):
+        axis = "last" if layout == "nhwc" else "first"
+        raise _fail(
+            "preprocessing",
+            f"{len(pre['mean'])} mean/std values but the dataset has {n_channels} channels (samples {dataset['shape']}, "
+            f"{layout}: channels on the {axis} axis; set input-layout if that is not the model's layout)",
+        )
     if req["indexes"] and req["indexes"][-1] >= n:
         raise _fail("indexes", f"index {req['indexes'][-1]} is out of range for a dataset of {n} samples")
     value_range = dataset.get("value-range")
@@ -239,8 +288,9 @@ def check_against_dataset(req: dict[str, Any], dataset: dict[str, Any]) -> None:
         )
 
 
-def check_against_model(model: dict[str, Any], dataset: dict[str, Any]) -> None:
-    """Shape agreement between a model's declared input/output and a dataset."""
+def check_against_model(req: dict[str, Any], model: dict[str, Any], dataset: dict[str, Any]) -> None:
+    """Shape agreement between a model's declared input/outputs and a dataset (which holds samples
+    in the model's layout, so shapes compare axis by axis), and an ``output-index`` the model has."""
     in_shape = model.get("input-shape") or []
     want = dataset["shape"]
     static = [d if isinstance(d, int) and d > 0 else None for d in in_shape[1:]]
@@ -249,7 +299,12 @@ def check_against_model(model: dict[str, Any], dataset: dict[str, Any]) -> None:
             f"dataset: samples are {want} but the model expects {in_shape[1:]}",
             details={"field": "dataset"},
         )
-    out = model.get("output-shape") or []
+    index, shapes = req.get("output-index", 0), model.get("output-shapes")
+    if shapes is not None and index >= len(shapes):
+        raise _fail("output-index", f"the model has {len(shapes)} output(s), so output-index must be below {len(shapes)}")
+    out = scores_shape((shapes[index] if shapes is not None else model.get("output-shape")) or [])
+    if len(out) > 2 and all(isinstance(d, int) and d > 0 for d in out[1:]):
+        raise _fail("output-index", f"output {index} has shape {out}, not one score per class (N x K or N x K x 1 x 1)")
     n_classes = dataset.get("n-classes")
     if len(out) == 2 and isinstance(out[1], int) and out[1] > 0 and n_classes and n_classes > out[1]:
         raise ValidationError(

@@ -112,8 +112,7 @@ def submit():
     req = schemas.evaluation_request(body, max_values=settings.max_perturbation_values)
     model = resolve_reference("trained-model", req["trained-model"])
     dataset = resolve_reference("dataset", req["dataset"])
-    schemas.check_against_dataset(req, dataset["info"])
-    schemas.check_against_model(model["info"], dataset["info"])
+    req = schemas.bind_to_files(req, model["info"], dataset["info"])
     resolved = {
         "model": {k: model[k] for k in ("kind", "id", "sha256", "path")},
         "dataset": {k: dataset[k] for k in ("kind", "id", "sha256", "path")},

@@ -54,6 +54,8 @@ EVALUATION_REQUEST = {
         "task": {"type": "string", "enum": ["classification"]},
         "batch-size": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_BATCH_SIZE},
         "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        "input-layout": {"type": "string", "enum": list(schemas.LAYOUTS)},
+        "output-index": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_OUTPUT_INDEX},
     },
 }
 

@@ -13,7 +13,12 @@ FAST_SEED = 20200101  # fixed: "fast" mode must pick the same samples for every 
 
 
 class H5Dataset:
-    """``samples`` (N x C x H x W) and ``labels`` (N or N x K one-hot), read by index, never whole."""
+    """``samples`` (N x C x H x W, or N x H x W x C for a channels-last model; floats or integers of up
+    to 16 bits) and ``labels`` (N or N x K one-hot), read by index, never whole, samples as float32.
+
+    Integer samples (uint8 images) keep their scale: the request's ``input-bounds`` say it (``[0, 255]``),
+    and the attack perturbs the float32 values, a continuous attacker in the stored range.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -36,13 +41,18 @@ class H5Dataset:
         return len(self.labels)
 
     @property
+    def dtype(self) -> str:
+        """The stored dtype of the samples (``uint8``, ``float32``...)."""
+        return str(self.samples.dtype)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.samples.shape[1:])
 
     def read(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Samples and labels at sorted, unique ``indexes`` (h5py needs increasing order)."""
-        x = np.asarray(self.samples[indexes], dtype=np.float32)
-        if not np.isfinite(x).all():
+        x = np.asarray(self.samples[indexes], dtype=np.float32)  # exact for integers of up to 16 bits
+        if self.samples.dtype.kind == "f" and not np.isfinite(x).all():
             raise EvaluationError(f"the dataset holds NaN or infinite values among samples {indexes[0]}..{indexes[-1]}")
         return x, self.labels[indexes]
 

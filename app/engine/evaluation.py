@@ -161,7 +161,13 @@ def evaluate(
     t0 = time.perf_counter()
     dev = pick_device(device)
     torch.manual_seed(request["seed"])
-    model, notes = load_onnx(model_path, request["preprocessing"] or None)
+    # Requests stored before these fields existed ran NCHW on output 0.
+    model, notes = load_onnx(
+        model_path,
+        request["preprocessing"] or None,
+        layout=request.get("input-layout", "nchw"),
+        output_index=request.get("output-index", 0),
+    )
     model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -198,7 +204,7 @@ def evaluate(
             raise EvaluationError(
                 f"out of memory on {dev.type} even with a batch of one sample; use a smaller model or input size"
             ) from None
-        labels = data.labels[indexes]
+        labels, input_dtype = data.labels[indexes], data.dtype
     accuracy = state.accuracy(len(epsilons))
     value = sec_value(fractions, accuracy)
     output: dict[str, Any] = {
@@ -216,6 +222,8 @@ def evaluate(
             "repr": repr(attack),
             "epsilons-absolute": epsilons,
             "input-bounds": [lb, ub],
+            # Samples are attacked as float32: a continuous attacker inside input-bounds, never re-quantized.
+            "input-dtype": input_dtype,
             "preprocessing": request["preprocessing"],
             "seed": request["seed"],
             "batch-size": attack.batch_size,
@@ -267,10 +275,15 @@ def _check_model(model: torch.nn.Module, source: SubsetSource, n_classes: int, d
     try:
         with torch.no_grad():
             out = model(torch.from_numpy(x).to(dev))
+    except EvaluationError:
+        raise
     except Exception as exc:
         raise EvaluationError(f"the model cannot run on the dataset's samples of shape {list(x.shape[1:])}: {exc}") from None
     if out.dim() != 2:
-        raise EvaluationError(f"the model must output one score per class (N x K), got shape {list(out.shape)}")
+        raise EvaluationError(
+            f"the model must output one score per class (N x K or N x K x 1 x 1), got shape {list(out.shape)}; "
+            "with several outputs, output-index picks the one holding the logits"
+        )
     if out.shape[1] < n_classes:
         raise EvaluationError(f"the model outputs {out.shape[1]} scores but the dataset has {n_classes} classes")
     if out.shape[1] < 2:

@@ -17,37 +17,62 @@ import onnx
 import torch
 from torch import nn
 
-from ..exceptions import InvalidFileError
+from ..exceptions import EvaluationError, InvalidFileError
+from ..onnx_inspection import input_shape
+from ..schemas import resolve_layout
 
 log = logging.getLogger(__name__)
 
 
 class Normalize(nn.Module):
-    def __init__(self, mean: list[float], std: list[float]) -> None:
+    """``(x - mean) / std`` per channel, on the channel axis of the layout (1 for NCHW, 3 for NHWC)."""
+
+    def __init__(self, mean: list[float], std: list[float], layout: str = "nchw") -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        view = (1, 1, 1, -1) if layout == "nhwc" else (1, -1, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(view))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(view))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
 class Classifier(nn.Module):
-    """``preprocess -> network``, frozen: gradients flow to the input only."""
+    """``preprocess -> network -> scores``, frozen: gradients flow to the input only.
 
-    def __init__(self, network: nn.Module, preprocessing: dict[str, list[float]] | None = None) -> None:
+    ``output_index`` picks the output holding the logits when the network has several; scores
+    shaped ``[N, K, 1, 1]`` (or ``[N, 1, K]``) become ``[N, K]``. Anything else keeps its shape,
+    so a map of scores (``[N, K, H, W]``) is refused by the caller, never silently flattened.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        preprocessing: dict[str, list[float]] | None = None,
+        *,
+        layout: str = "nchw",
+        output_index: int = 0,
+    ) -> None:
         super().__init__()
-        self.preprocess = Normalize(**preprocessing) if preprocessing else nn.Identity()
+        self.preprocess = Normalize(**preprocessing, layout=layout) if preprocessing else nn.Identity()
         self.network = network
+        self.layout, self.output_index = layout, output_index
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.network(self.preprocess(x))
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        return out.flatten(1) if out.dim() > 2 else out
+        outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+        if self.output_index >= len(outputs):
+            raise EvaluationError(
+                f"output-index {self.output_index} but the model has {len(outputs)} output(s)",
+                details={"field": "output-index"},
+            )
+        out = outputs[self.output_index]
+        if out.dim() > 2 and sum(d != 1 for d in out.shape[1:]) <= 1:
+            out = out.flatten(1)
+        return out
 
 
 def strip_softmax(model: onnx.ModelProto) -> bool:
@@ -63,8 +88,11 @@ def strip_softmax(model: onnx.ModelProto) -> bool:
     return True
 
 
-def load_onnx(path: Path, preprocessing: dict[str, list[float]] | None = None) -> tuple[Classifier, dict[str, Any]]:
-    """Convert an ONNX file through onnx2pytorch; returns the classifier and notes about it."""
+def load_onnx(
+    path: Path, preprocessing: dict[str, list[float]] | None = None, *, layout: str = "nchw", output_index: int = 0
+) -> tuple[Classifier, dict[str, Any]]:
+    """Convert an ONNX file through onnx2pytorch; returns the classifier and notes about it.
+    ``layout`` ``auto`` is resolved from the model's declared input shape."""
     from onnx2pytorch import ConvertModel
 
     try:
@@ -80,7 +108,9 @@ def load_onnx(path: Path, preprocessing: dict[str, list[float]] | None = None) -
         raise InvalidFileError(f"the model uses an operator the converter does not support: {exc}") from None
     except Exception as exc:
         raise InvalidFileError(f"cannot convert the ONNX model to torch: {type(exc).__name__}: {exc}") from None
-    return Classifier(network, preprocessing), {"softmax-removed": stripped}
+    layout = resolve_layout(layout, input_shape(proto))
+    classifier = Classifier(network, preprocessing, layout=layout, output_index=output_index)
+    return classifier, {"softmax-removed": stripped, "input-layout": layout, "output-index": output_index}
 
 
 class LogProbabilities(nn.Module):
