@@ -11,8 +11,8 @@ graph computes unchanged:
   0 is the default, and onnx2pytorch refuses the attribute.
 - ``dynamic-batch``: a model exported at batch 1 gets a symbolic batch dimension, and
   ``Reshape`` shape constants that bake that 1 in copy the input's batch (0) instead.
-  Only a leading 1 of a Reshape whose input carries the batch symbol is rewritten, found
-  by shape inference, so a 1 that means something else is left alone.
+  Only a leading 1 of a Reshape whose input starts with 1 at batch 1 is rewritten (found by
+  shape inference), so the graph is unchanged at batch 1; the loader checks larger batches.
 - ``shape-inference``: shapes are inferred last, for the converter and for later checks.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,51 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return found
 
 
-def _batch_reshapes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, np.ndarray]]:
-    """Reshapes whose constant shape starts with 1 while their input starts with the batch symbol."""
+# Ops whose output has the first dimension of their first input (for any attributes).
+KEEPS_FIRST_DIM = frozenset(
+    "Relu Sigmoid Tanh HardSigmoid HardSwish Clip LeakyRelu Elu Selu Softplus Mish Gelu Erf Identity Dropout Cast "
+    "Conv ConvTranspose BatchNormalization InstanceNormalization LayerNormalization LRN MaxPool AveragePool "
+    "GlobalAveragePool GlobalMaxPool Softmax LogSoftmax".split()
+)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _keeps_first_dim(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+    """True when the node's outputs have the first dimension of its first input."""
+    if node.op_type in KEEPS_FIRST_DIM:
+        return True
+    if node.op_type in ("Concat", "Split"):
+        return _attribute(node, "axis", 0) != 0
+    if node.op_type == "Transpose":
+        perm = _attribute(node, "perm", None)
+        return perm is not None and perm[0] == 0
+    if node.op_type == "Slice":
+        axes = constants.get(node.input[3]) if len(node.input) > 3 else None
+        return axes is not None and 0 not in axes.tolist()
+    return False
+
+
+def _leading_ones(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> set[str]:
+    """Tensors whose first dimension is 1 in the inferred shapes, or follows one that is through
+    ops that keep it (shape inference gives up after a Slice whose ends are computed)."""
+    ones = {v.name for v in [*graph.input, *graph.value_info] if (d := _leading_dim(v)) is not None and d.dim_value == 1}
+    for node in graph.node:  # ONNX nodes are in topological order
+        if node.input and node.input[0] in ones and _keeps_first_dim(node, constants):
+            ones.update(o for o in node.output if o)
+    return ones
+
+
+def _batch_reshapes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Reshapes whose constant shape starts with 1 where, at batch 1, their input starts with 1 too."""
     graph = model.graph
-    dims = {v.name: _leading_dim(v) for v in [*graph.input, *graph.value_info]}
     constants = _constants(graph)
+    ones = _leading_ones(graph, constants)
     found = []
     for node in graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
@@ -116,51 +156,45 @@ def _batch_reshapes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, np.nda
         if any(a.name == "allowzero" and a.i for a in node.attribute):
             continue  # a 0 would mean an empty dimension, not a copy
         shape = constants[node.input[1]]
-        dim = dims.get(node.input[0])
-        if shape.ndim == 1 and len(shape) and shape[0] == 1 and dim is not None and dim.dim_param == BATCH:
-            found.append((node, shape))
+        if shape.ndim == 1 and len(shape) and shape[0] == 1 and node.input[0] in ones:
+            found.append(node)
     return found
 
 
 def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The model with a symbolic batch where it was fixed at 1, or None when it was not fixed
-    or the batch cannot be followed through the graph to every output."""
+    """The model with a symbolic batch where it was fixed at 1 (None when it was not).
+
+    A Reshape's leading 1 becomes 0, "copy the input's first dimension", only where the input's
+    first dimension is 1 at batch 1: so the graph computes exactly what it did at batch 1, and at
+    a larger batch the Reshape follows its input. Whether the whole graph then works per sample
+    at batch > 1 (an ``Expand`` may bake the 1 in too) is for the caller to measure.
+    """
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
-    if not inputs or any(_leading_dim(v) is None for v in inputs):
-        return None
-    if not all(_leading_dim(v).HasField("dim_value") and _leading_dim(v).dim_value == 1 for v in inputs):
+    if not inputs or not all((d := _leading_dim(v)) is not None and d.dim_value == 1 for v in inputs):
         return None
     candidate = onnx.ModelProto()
     candidate.CopyFrom(model)
     g = candidate.graph
+    reshapes = {n.output[0] for n in _batch_reshapes(infer_shapes(candidate))}
     del g.value_info[:]  # shapes inferred at batch 1 would contradict the new symbol
     for v in [*(x for x in g.input if x.name not in initializers), *g.output]:
         dim = _leading_dim(v)
         if dim is not None:
             dim.Clear()
             dim.dim_param = BATCH
-    # Each pass rewrites the Reshapes the batch symbol reaches, which lets it reach further ones.
-    for _ in range(len(g.node) + 1):
-        inferred = infer_shapes(candidate)
-        reshapes = _batch_reshapes(inferred)
-        if not reshapes:
-            break
-        # The inferred model is a copy: find each Reshape in the candidate by its (unique) output.
-        by_output = {n.output[0]: n for n in candidate.graph.node if n.output}
-        for node, shape in reshapes:
-            target = by_output[node.output[0]]
-            fixed = shape.copy()
-            fixed[0] = 0  # copy the input's batch (allowzero is 0), whatever else the shape holds
-            name = f"{target.input[1]}__batch"
-            if name not in {t.name for t in candidate.graph.initializer}:
-                candidate.graph.initializer.append(numpy_helper.from_array(fixed.astype(np.int64), name))
-            target.input[1] = name  # a new tensor: the old constant may feed other nodes
-    inferred = infer_shapes(candidate)
-    if any((d := _leading_dim(o)) is None or d.dim_param != BATCH for o in inferred.graph.output):
-        return None
-    del candidate.graph.value_info[:]
+    constants = _constants(g)
+    names = {t.name for t in g.initializer}
+    for node in g.node:
+        if node.output and node.output[0] in reshapes:
+            fixed = constants[node.input[1]].astype(np.int64)
+            fixed[0] = 0
+            name = f"{node.input[1]}__batch"
+            if name not in names:
+                g.initializer.append(numpy_helper.from_array(fixed, name))
+                names.add(name)
+            node.input[1] = name  # a new tensor: the old constant may feed other nodes
     return candidate
 
 
