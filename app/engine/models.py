@@ -20,6 +20,7 @@ from torch import nn
 from ..exceptions import EvaluationError, InvalidFileError
 from ..onnx_inspection import input_shape
 from ..schemas import resolve_layout
+from . import conversion
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,46 @@ def strip_softmax(model: onnx.ModelProto) -> bool:
     return True
 
 
-def load_onnx(
-    path: Path, preprocessing: dict[str, list[float]] | None = None, *, layout: str = "nchw", output_index: int = 0
-) -> tuple[Classifier, dict[str, Any]]:
-    """Convert an ONNX file through onnx2pytorch; returns the classifier and notes about it.
-    ``layout`` ``auto`` is resolved from the model's declared input shape."""
+class PerSample(nn.Module):
+    """Runs a network that only works at batch 1 one sample at a time: correct, but slow."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> Any:
+        outs = [self.network(x[i : i + 1]) for i in range(len(x))]
+        if isinstance(outs[0], (list, tuple)):
+            return type(outs[0])(torch.cat(parts) for parts in zip(*outs))
+        return torch.cat(outs)
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def batches_work(network: nn.Module, shape: list[int | None], batch: int = 2) -> bool:
+    """True when ``network`` gives each sample of a batch the logits it gives that sample alone."""
+    x = torch.rand(batch, *shape[1:], generator=torch.Generator().manual_seed(0))  # leaves the global seed alone
+    try:
+        with torch.no_grad():
+            together = _first_output(network(x))
+            alone = torch.cat([_first_output(network(x[i : i + 1])) for i in range(batch)])
+    except Exception as exc:  # a baked-in batch of 1 fails with shape errors of many types
+        log.info("the model does not run at batch %d: %s: %s", batch, type(exc).__name__, exc)
+        return False
+    return together.shape == alone.shape and bool(torch.allclose(together, alone, rtol=1e-3, atol=1e-4))
+
+
+def convert(proto: onnx.ModelProto) -> tuple[nn.Module, dict[str, Any]]:
+    """Normalize the graph (see :mod:`.conversion`) and convert it through onnx2pytorch.
+
+    A network that cannot run at batch > 1 is wrapped to run one sample at a time and noted
+    ``batch-1-only``; the probe needs a static input shape (apart from the batch).
+    """
     from onnx2pytorch import ConvertModel
 
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:
-        raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
-    stripped = strip_softmax(proto)
+    proto, rewrites = conversion.normalize(proto)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -108,9 +137,29 @@ def load_onnx(
         raise InvalidFileError(f"the model uses an operator the converter does not support: {exc}") from None
     except Exception as exc:
         raise InvalidFileError(f"cannot convert the ONNX model to torch: {type(exc).__name__}: {exc}") from None
+    network.eval()
+    notes: dict[str, Any] = {"converter": "onnx2pytorch", "rewrites": rewrites}
+    shape = conversion.describe(proto)["shape"]
+    if len(shape) > 1 and all(shape[1:]) and not batches_work(network, shape):
+        network = PerSample(network)
+        notes["batch-1-only"] = True
+    return network, notes
+
+
+def load_onnx(
+    path: Path, preprocessing: dict[str, list[float]] | None = None, *, layout: str = "nchw", output_index: int = 0
+) -> tuple[Classifier, dict[str, Any]]:
+    """Convert an ONNX file through the conversion pipeline; returns the classifier and notes about it.
+    ``layout`` ``auto`` is resolved from the model's declared input shape."""
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:
+        raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
+    stripped = strip_softmax(proto)
+    network, notes = convert(proto)
     layout = resolve_layout(layout, input_shape(proto))
     classifier = Classifier(network, preprocessing, layout=layout, output_index=output_index)
-    return classifier, {"softmax-removed": stripped, "input-layout": layout, "output-index": output_index}
+    return classifier, {"softmax-removed": stripped, **notes, "input-layout": layout, "output-index": output_index}
 
 
 class LogProbabilities(nn.Module):

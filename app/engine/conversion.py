@@ -1,0 +1,225 @@
+"""ONNX-level rewrites that let common exports convert to torch (onnx + numpy only, no torch).
+
+Each rewrite fixes one way real exports break onnx2pytorch, and leaves the function the
+graph computes unchanged:
+
+- ``identity-initializers``: the TorchScript exporter deduplicates equal constant tensors
+  and feeds them through ``Identity`` nodes; onnx2pytorch then passes the weight as a
+  forward argument (``Conv2d.forward() takes 2 positional arguments but 3 were given``).
+  The consumers are made to read the initializer directly.
+- ``training-mode``: opset 15+ keeps ``training_mode=0`` on an unfolded BatchNormalization;
+  0 is the default, and onnx2pytorch refuses the attribute.
+- ``dynamic-batch``: a model exported at batch 1 gets a symbolic batch dimension, and
+  ``Reshape`` shape constants that bake that 1 in copy the input's batch (0) instead.
+  Only a leading 1 of a Reshape whose input starts with 1 at batch 1 is rewritten (found by
+  shape inference), so the graph is unchanged at batch 1; the loader checks larger batches.
+- ``shape-inference``: shapes are inferred last, for the converter and for later checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+log = logging.getLogger(__name__)
+
+BATCH = "batch"  # the symbolic batch dimension given to a model exported at batch 1
+
+
+def _subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The graph and every graph nested in its nodes' attributes (If/Loop/Scan bodies)."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                found.extend(_subgraphs(attr.g))
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    found.extend(_subgraphs(g))
+    return found
+
+
+def fold_identity_initializers(model: onnx.ModelProto) -> int:
+    """Remove ``Identity`` nodes whose input is an initializer; their consumers read it directly."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in initializers and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+    if not alias:
+        return 0
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for g in _subgraphs(graph):
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name in alias:
+                    node.input[i] = alias[name]
+    return len(alias)
+
+
+def drop_training_mode(model: onnx.ModelProto) -> int:
+    """Remove ``training_mode=0`` (the default) from BatchNormalization nodes; a 1 is kept and refused later."""
+    count = 0
+    for g in _subgraphs(model.graph):
+        for node in g.node:
+            if node.op_type != "BatchNormalization":
+                continue
+            for attr in list(node.attribute):
+                if attr.name == "training_mode" and attr.i == 0:
+                    node.attribute.remove(attr)
+                    count += 1
+    return count
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that never fails the load: a graph it cannot follow is returned as it was."""
+    try:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # onnx raises several types for graphs it cannot follow
+        log.info("shape inference skipped: %s", exc)
+        return model
+
+
+def _leading_dim(value: onnx.ValueInfoProto) -> onnx.TensorShapeProto.Dimension | None:
+    t = value.type.tensor_type
+    if not value.type.HasField("tensor_type") or not t.HasField("shape") or not t.shape.dim:
+        return None
+    return t.shape.dim[0]
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Integer tensors known before the run: initializers and Constant node outputs."""
+    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
+# Ops whose output has the first dimension of their first input (for any attributes).
+KEEPS_FIRST_DIM = frozenset(
+    "Relu Sigmoid Tanh HardSigmoid HardSwish Clip LeakyRelu Elu Selu Softplus Mish Gelu Erf Identity Dropout Cast "
+    "Conv ConvTranspose BatchNormalization InstanceNormalization LayerNormalization LRN MaxPool AveragePool "
+    "GlobalAveragePool GlobalMaxPool Softmax LogSoftmax".split()
+)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _keeps_first_dim(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+    """True when the node's outputs have the first dimension of its first input."""
+    if node.op_type in KEEPS_FIRST_DIM:
+        return True
+    if node.op_type in ("Concat", "Split"):
+        return _attribute(node, "axis", 0) != 0
+    if node.op_type == "Transpose":
+        perm = _attribute(node, "perm", None)
+        return perm is not None and perm[0] == 0
+    if node.op_type == "Slice":
+        axes = constants.get(node.input[3]) if len(node.input) > 3 else None
+        return axes is not None and 0 not in axes.tolist()
+    return False
+
+
+def _leading_ones(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> set[str]:
+    """Tensors whose first dimension is 1 in the inferred shapes, or follows one that is through
+    ops that keep it (shape inference gives up after a Slice whose ends are computed)."""
+    ones = {v.name for v in [*graph.input, *graph.value_info] if (d := _leading_dim(v)) is not None and d.dim_value == 1}
+    for node in graph.node:  # ONNX nodes are in topological order
+        if node.input and node.input[0] in ones and _keeps_first_dim(node, constants):
+            ones.update(o for o in node.output if o)
+    return ones
+
+
+def _batch_reshapes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Reshapes whose constant shape starts with 1 where, at batch 1, their input starts with 1 too."""
+    graph = model.graph
+    constants = _constants(graph)
+    ones = _leading_ones(graph, constants)
+    found = []
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue  # a 0 would mean an empty dimension, not a copy
+        shape = constants[node.input[1]]
+        if shape.ndim == 1 and len(shape) and shape[0] == 1 and node.input[0] in ones:
+            found.append(node)
+    return found
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The model with a symbolic batch where it was fixed at 1 (None when it was not).
+
+    A Reshape's leading 1 becomes 0, "copy the input's first dimension", only where the input's
+    first dimension is 1 at batch 1: so the graph computes exactly what it did at batch 1, and at
+    a larger batch the Reshape follows its input. Whether the whole graph then works per sample
+    at batch > 1 (an ``Expand`` may bake the 1 in too) is for the caller to measure.
+    """
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if not inputs or not all((d := _leading_dim(v)) is not None and d.dim_value == 1 for v in inputs):
+        return None
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(model)
+    g = candidate.graph
+    reshapes = {n.output[0] for n in _batch_reshapes(infer_shapes(candidate))}
+    del g.value_info[:]  # shapes inferred at batch 1 would contradict the new symbol
+    for v in [*(x for x in g.input if x.name not in initializers), *g.output]:
+        dim = _leading_dim(v)
+        if dim is not None:
+            dim.Clear()
+            dim.dim_param = BATCH
+    constants = _constants(g)
+    names = {t.name for t in g.initializer}
+    for node in g.node:
+        if node.output and node.output[0] in reshapes:
+            fixed = constants[node.input[1]].astype(np.int64)
+            fixed[0] = 0
+            name = f"{node.input[1]}__batch"
+            if name not in names:
+                g.initializer.append(numpy_helper.from_array(fixed, name))
+                names.add(name)
+            node.input[1] = name  # a new tensor: the old constant may feed other nodes
+    return candidate
+
+
+def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Apply every rewrite; returns the model to convert and the rewrites applied, for ``model-notes``."""
+    rewrites: list[str] = []
+    if n := fold_identity_initializers(model):
+        rewrites.append(f"identity-initializers: {n}")
+    if n := drop_training_mode(model):
+        rewrites.append(f"training-mode: {n}")
+    dynamic = make_batch_dynamic(model)
+    if dynamic is not None:
+        model = dynamic
+        rewrites.append("dynamic-batch")
+    model = infer_shapes(model)
+    return model, rewrites
+
+
+def describe(model: onnx.ModelProto) -> dict[str, Any]:
+    """The declared input shape (batch as None when symbolic) of the first graph input, for probes."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    for v in graph.input:
+        if v.name in initializers:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        return {"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else None for d in dims]}
+    return {"name": None, "shape": []}
