@@ -108,6 +108,12 @@ def require_ready(records: Records, kind: str, meta: dict[str, Any], field: str)
     return meta
 
 
+def inspect_inline(path: Path) -> dict[str, Any]:
+    """What a request may do with a dataset: metadata checks always, the full scan only when it
+    fits the inline budget (``inspection.is_scanned`` tells which happened)."""
+    return inspection.inspect_dataset(path, scan=True, scan_limit=inspection.INLINE_SCAN_BYTES)
+
+
 def scanned_path(records: Records, queue: Queue, path: Path, relative: str) -> dict[str, Any]:
     """The full scan of a dataset named by path, cached by path, size and mtime. Small files
     are scanned here; bigger ones by a worker, and until it is done this raises :class:`StillValidating`."""
@@ -122,7 +128,7 @@ def scanned_path(records: Records, queue: Queue, path: Path, relative: str) -> d
             records.redis.delete(key)  # the scan was lost: start a new one
             state = None
     if state is None:
-        info = inspection.inspect_dataset(path, scan=True, scan_limit=inspection.INLINE_SCAN_BYTES)
+        info = inspect_inline(path)
         if inspection.is_scanned(info):
             records.redis.set(key, json.dumps({**info, "status": "ready"}), ex=SCAN_TTL)
             return info

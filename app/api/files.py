@@ -28,14 +28,9 @@ bp = Blueprint("files", __name__, url_prefix="/api")
 FILE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
-def _inspect_upload(path: Path) -> dict[str, Any]:
-    """Metadata checks always; the full scan only when it fits the inline budget."""
-    return inspection.inspect_dataset(path, scan=True, scan_limit=inspection.INLINE_SCAN_BYTES)
-
-
 KINDS: dict[str, tuple[tuple[str, ...], Callable[[Path], dict[str, Any]]]] = {
     "model": ((".onnx",), inspection.inspect_model),
-    "dataset": ((".h5", ".hdf5"), _inspect_upload),
+    "dataset": ((".h5", ".hdf5"), validation.inspect_inline),
 }
 
 
