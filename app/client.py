@@ -59,9 +59,12 @@ class Client:
         body = json.dumps(payload).encode() if payload is not None else None
         return self.request(method, path, body, "application/json" if body else None)[1]
 
-    def upload(self, kind: str, path: Path | str, *, timeout: float = 300, poll: float = 0.25) -> dict[str, Any]:
+    def upload(
+        self, kind: str, path: Path | str, *, wait: bool = True, timeout: float = 300, poll: float = 0.25
+    ) -> dict[str, Any]:
         """Upload a model or dataset and wait until a worker has checked it (a model's verification,
-        a big dataset's scan); return its ready record, or raise ApiError (422) when it was refused."""
+        a big dataset's scan); return its ready record, or raise ApiError (422) when it was refused.
+        ``wait=False`` returns the stored record at once (status ``verifying`` or ``validating``)."""
         path = Path(path)
         boundary = uuid.uuid4().hex
         head = (
@@ -71,7 +74,7 @@ class Client:
         body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         meta = self.request("POST", f"/api/{kind}", body, f"multipart/form-data; boundary={boundary}")[1]
         deadline = time.monotonic() + timeout
-        while meta.get("status") in PENDING:
+        while wait and meta.get("status") in PENDING:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{kind} {meta['id']} was still {meta['status']} after {timeout} s (is a worker running?)")
             time.sleep(poll)

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from rq import Queue, get_current_job
 from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
 from rq.timeouts import JobTimeoutException
 
 from . import inspection
@@ -81,9 +82,16 @@ def enqueue_file(queue: Queue, kind: str, file_id: str) -> None:
 
 
 def _job_lost(connection: redis.Redis, job_id: str) -> bool:
-    """True when the validation job can no longer report: it failed, was stopped, or vanished."""
+    """True when the validation job can no longer report: it failed, was stopped, vanished, or
+    its worker died while running it (RQ's heartbeat for it lapsed: about 90 s after a SIGKILL,
+    without waiting for a worker's periodic registry cleanup to mark it failed)."""
     job = jobqueue.fetch_job(connection, job_id)
-    return job is None or job.get_status(refresh=False) not in LIVE
+    if job is None:
+        return True
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        return job_id in StartedJobRegistry(job.origin, connection=connection).get_expired_job_ids()
+    return status not in LIVE
 
 
 LOST = "validation stopped before it finished (its worker died or the job was lost); upload the file again"
