@@ -178,7 +178,7 @@ def test_fixed_batch_one_model_is_ready_and_said_to_run_one_sample_at_a_time(cli
     assert figures["max-logit-diff"]["batch-4"] <= 1e-4 and figures["gradient"] == "ok", figures
 
 
-def test_symbolic_input_shape_is_skipped_at_upload_and_checked_by_the_job(client, tmp_path):
+def test_symbolic_input_shape_is_skipped_at_upload_and_checked_by_the_job(client, worker, assets, tmp_path):
     path = build(
         tmp_path / "any-size.onnx",
         [
@@ -191,6 +191,11 @@ def test_symbolic_input_shape_is_skipped_at_upload_and_checked_by_the_job(client
     )
     model = upload_model(client, path)
     assert model["verification"] == {"skipped": "input shape not fixed: ['N', 1, 'H', 'W']"}
+    # Nothing to probe at upload; the evaluation verifies it on the dataset's 1 x 8 x 8 samples.
+    job = wait_status(client, submit(client, evaluation(model["id"])))
+    assert job["job-status"] == "finished", job
+    figures = client.get(f"/api/security_evaluations/{job['job_id']}/output").get_json()["model-notes"]["verification"]
+    assert figures["input-shape"] == [None, 1, 8, 8] and figures["max-logit-diff"]["batch-4"] <= 1e-4, figures
 
 
 def test_named_unsupported_model_fails_its_job_with_the_reason(client, worker, assets):
