@@ -209,6 +209,22 @@ def test_named_unsupported_model_fails_its_job_with_the_reason(client, worker, a
     assert job["details"]["status"] == "unsupported", job
 
 
+def test_named_model_whose_input_is_not_the_datasets_fails_before_the_attack(client, worker, assets):
+    # Flat input [N, 64]: the API only compares image-shaped (4-d) inputs, the job compares them all.
+    build(
+        assets.dir / "flat.onnx",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        {"W": RNG.normal(size=(64, 10))},
+        in_shape=("N", 64),
+    )
+    try:
+        job = wait_status(client, submit(client, evaluation("files/flat.onnx")))
+    finally:
+        (assets.dir / "flat.onnx").unlink()
+    assert job["job-status"] == "failed", job
+    assert job["error"] == "the model's input is declared as ['N', 64] but the dataset's samples are [1, 8, 8]", job
+
+
 def test_worker_killed_mid_verification_leaves_the_model_unsupported_with_the_lost_reason(
     settings, redis_server, appdata, tmp_path
 ):

@@ -32,7 +32,7 @@ import torch
 from rq.timeouts import JobTimeoutException
 
 from ..exceptions import EvaluationError, ServiceError
-from ..onnx_inspection import graph_inputs
+from ..onnx_inspection import graph_inputs, input_shape
 from .models import load_onnx, strip_softmax
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,16 @@ def operator_reason(message: str, converter: str = "onnx2pytorch") -> str:
 
 
 def _input(proto: onnx.ModelProto, shape: list[int] | None) -> tuple[list[int], np.dtype]:
-    """The sample shape to probe (without the batch) and the input's dtype; :class:`Unsupported`
-    never, a ``ValueError`` naming the symbolic dimensions when there is nothing to probe."""
+    """The sample shape to probe (without the batch) and the input's dtype; a ``ValueError``
+    naming the dimensions when the declared shape has symbolic ones and none was given."""
     inputs = graph_inputs(proto)
     if not inputs:
         raise Unsupported("the model has no input")
     tensor = inputs[0].type.tensor_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    except Exception:  # an undefined element type: the dataset's samples are float32
+        dtype = np.dtype(np.float32)
     if shape is not None:
         return list(shape), dtype
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
@@ -234,6 +237,13 @@ def require_supported(path: Path, dataset_path: Path, output_index: int = 0) -> 
 
     with H5Dataset(dataset_path) as data:
         shape = list(data.shape)
+    declared = input_shape(onnx.load(str(path), load_external_data=False))[1:]  # [] when not declared at all
+    fixed_differs = any(isinstance(d, int) and d > 0 and d != n for d, n in zip(declared, shape))
+    if (declared and len(declared) != len(shape)) or fixed_differs:
+        raise EvaluationError(
+            f"the model's input is declared as {['N', *declared]} but the dataset's samples are {shape}",
+            details={"model-input": declared, "samples": shape},
+        )
     outcome = verify(path, shape, output_index)
     if outcome["status"] != "ready":
         raise EvaluationError(
