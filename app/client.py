@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+PENDING = ("validating", "verifying")  # a worker is still checking the uploaded file
+
 
 class ApiError(Exception):
     def __init__(self, status: int, body: Any) -> None:
@@ -57,7 +59,12 @@ class Client:
         body = json.dumps(payload).encode() if payload is not None else None
         return self.request(method, path, body, "application/json" if body else None)[1]
 
-    def upload(self, kind: str, path: Path | str) -> dict[str, Any]:
+    def upload(
+        self, kind: str, path: Path | str, *, wait: bool = True, timeout: float = 300, poll: float = 0.25
+    ) -> dict[str, Any]:
+        """Upload a model or dataset and wait until a worker has checked it (a model's verification,
+        a big dataset's scan); return its ready record, or raise ApiError (422) when it was refused.
+        ``wait=False`` returns the stored record at once (status ``verifying`` or ``validating``)."""
         path = Path(path)
         boundary = uuid.uuid4().hex
         head = (
@@ -65,7 +72,16 @@ class Client:
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
         body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        return self.request("POST", f"/api/{kind}", body, f"multipart/form-data; boundary={boundary}")[1]
+        meta = self.request("POST", f"/api/{kind}", body, f"multipart/form-data; boundary={boundary}")[1]
+        deadline = time.monotonic() + timeout
+        while wait and meta.get("status") in PENDING:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind} {meta['id']} was still {meta['status']} after {timeout} s (is a worker running?)")
+            time.sleep(poll)
+            meta = self.json("GET", f"/api/{kind}/{meta['id']}")
+        if meta.get("status") in ("rejected", "unsupported"):
+            raise ApiError(422, {"error": f"{path.name}: {meta['status']}: {meta.get('reason')}", "details": meta})
+        return meta
 
     def health(self) -> dict[str, Any]:
         return self.json("GET", "/api/health")

@@ -123,6 +123,20 @@ def _prune_dangling_executions(connection: redis.Redis, job_id: str) -> None:
             connection.zrem(registry, execution_id)
 
 
+def model_verification(records: Records, model: dict[str, Any], model_path, dataset_path, request: dict[str, Any]):
+    """The model's verification figures for ``model-notes``. An uploaded model was verified by
+    its own job (its record says ready, with the figures); a model named by path, or one whose
+    declared input had no fixed shape to probe at upload, is verified here on the dataset's
+    sample shape, and an unsupported one fails the job (``EvaluationError``) before the attack."""
+    if model["kind"] == "upload":
+        summary = (records.file("model", model["id"]) or {}).get("verification")
+        if summary is None or "skipped" not in summary:
+            return summary  # None: a record from before verification existed
+    from .engine.verification import require_supported
+
+    return require_supported(model_path, dataset_path, request.get("output-index", 0))
+
+
 def run_evaluation(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ. Failures are recorded on the evaluation, not raised: a bad
     model is the user's to fix, and re-running it would only fail again."""
@@ -152,6 +166,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         scope = file_scope(rec["owner"], bool(settings.api_keys))
         model_path = storage.job_input(resolved["model"], scope, settings.file_references, what="model")
         dataset_path = storage.job_input(resolved["dataset"], scope, settings.file_references, what="dataset")
+        verification = model_verification(records, resolved["model"], model_path, dataset_path, rec["request"])
         output = evaluate(
             rec["request"],
             model_path,
@@ -163,6 +178,8 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
             attempt_tag=claim.token,
             limits=Limits(disk_mb=settings.max_job_disk_mb, memory_mb=settings.max_job_memory_mb),
         )
+        if verification is not None:
+            output["model-notes"]["verification"] = verification
         output["model"] = {"id": resolved["model"]["id"], "sha256": resolved["model"]["sha256"] or sha256_file(model_path)}
         output["dataset"] = {
             "id": resolved["dataset"]["id"],

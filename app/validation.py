@@ -1,11 +1,16 @@
-"""Dataset scans too big for a request: run by a worker, tracked on the file's record.
+"""Checks too slow for a request, run by a worker and tracked on the file's record:
+one mechanism, two kinds of file.
 
-An upload whose datasets hold more than ``INLINE_SCAN_BYTES`` uncompressed is stored
-with ``status: validating`` and ``app.validation.validate_file`` is enqueued by name
-(JSON arguments, the evaluations' queue, at its front); the job moves the record to
-``ready`` (with ``n-classes`` and ``value-range``) or ``rejected`` with a ``reason``.
-A dataset named by path gets the same treatment through its scan-cache entry
-(``app.validation.validate_path``). Torch-free: the API imports this module.
+- A dataset whose arrays hold more than ``INLINE_SCAN_BYTES`` uncompressed is stored
+  ``validating``; the job scans it and moves the record to ``ready`` (with ``n-classes`` and
+  ``value-range``) or ``rejected`` with a ``reason``. A dataset named by path gets the same
+  treatment through its scan-cache entry (``app.validation.validate_path``).
+- Every model is stored ``verifying``; the job converts it and compares it with onnxruntime
+  (``app.engine.verification``, imported inside the job) and moves the record to ``ready``
+  (with ``verification`` figures) or ``unsupported`` with a ``reason``.
+
+The job, ``app.validation.validate_file(kind, file_id)``, is enqueued by name (JSON
+arguments, the evaluations' queue, at its front). Torch-free: the API imports this module.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import redis
 from rq import Queue, get_current_job
 from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
 from rq.timeouts import JobTimeoutException
 
 from . import inspection
@@ -36,8 +42,14 @@ RETRY_AFTER = 5
 LIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
+# The status words of each kind: checked by a worker, good to use, refused.
+PENDING = {"dataset": "validating", "model": "verifying"}
+FAILED = {"dataset": "rejected", "model": "unsupported"}
+CHECK = {"dataset": "scan", "model": "verification"}  # what the job does, in its messages
+
+
 class StillValidating(ConflictError):
-    """A file named in a request is still being scanned by a worker."""
+    """A file named in a request is still being scanned (or verified) by a worker."""
 
     retry_after = RETRY_AFTER
 
@@ -70,9 +82,16 @@ def enqueue_file(queue: Queue, kind: str, file_id: str) -> None:
 
 
 def _job_lost(connection: redis.Redis, job_id: str) -> bool:
-    """True when the validation job can no longer report: it failed, was stopped, or vanished."""
+    """True when the validation job can no longer report: it failed, was stopped, vanished, or
+    its worker died while running it (RQ's heartbeat for it lapsed: about 90 s after a SIGKILL,
+    without waiting for a worker's periodic registry cleanup to mark it failed)."""
     job = jobqueue.fetch_job(connection, job_id)
-    return job is None or job.get_status(refresh=False) not in LIVE
+    if job is None:
+        return True
+    status = job.get_status(refresh=False)
+    if status == JobStatus.STARTED:
+        return job_id in StartedJobRegistry(job.origin, connection=connection).get_expired_job_ids()
+    return status not in LIVE
 
 
 LOST = "validation stopped before it finished (its worker died or the job was lost); upload the file again"
@@ -80,30 +99,35 @@ LOST = "validation stopped before it finished (its worker died or the job was lo
 
 def current_file(records: Records, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The record with its status settled: old records (no status) are ready, and a record still
-    ``validating`` whose job is gone becomes ``rejected``."""
+    ``validating``/``verifying`` whose job is gone becomes ``rejected``/``unsupported``."""
     if "status" not in meta:
         return {**meta, "status": "ready"}
-    if meta["status"] == "validating" and _job_lost(records.redis, file_job_id(kind, meta["id"])):
+    pending = PENDING[kind]
+    if meta["status"] == pending and _job_lost(records.redis, file_job_id(kind, meta["id"])):
         # The job may have finished between the two reads: trust the record if it moved on.
         fresh = records.file(kind, meta["id"]) or meta
-        if fresh.get("status") == "validating":
-            fresh = records.update_file(kind, meta["id"], {"status": "rejected", "reason": LOST}) or fresh
+        if fresh.get("status") == pending:
+            fresh = records.update_file(kind, meta["id"], {"status": FAILED[kind], "reason": LOST}) or fresh
         return fresh
     return meta
 
 
 def require_ready(records: Records, kind: str, meta: dict[str, Any], field: str) -> dict[str, Any]:
-    """The settled record of a file named in ``field``, or 409 (validating) / 422 (rejected)."""
+    """The settled record of a file named in ``field``, or 409 (validating, verifying) /
+    422 (rejected, unsupported)."""
     meta = current_file(records, kind, meta)
-    if meta["status"] == "validating":
+    status = meta["status"]
+    if status == PENDING[kind]:
+        check = "validated" if kind == "dataset" else "verified"
         raise StillValidating(
-            f"{kind} {meta['id']} is still being validated; retry when its status is ready",
-            details={"field": field, "status": "validating"},
+            f"{kind} {meta['id']} is still being {check}; retry when its status is ready",
+            details={"field": field, "status": status},
         )
-    if meta["status"] == "rejected":
+    if status == FAILED[kind]:
+        outcome = "was rejected" if kind == "dataset" else "is unsupported"
         raise InvalidFileError(
-            f"{field}: {kind} {meta['id']} was rejected: {meta.get('reason', 'invalid file')}",
-            details={"field": field, "status": "rejected"},
+            f"{field}: {kind} {meta['id']} {outcome}: {meta.get('reason', 'invalid file')}",
+            details={"field": field, "status": status},
         )
     return meta
 
@@ -145,21 +169,32 @@ def scanned_path(records: Records, queue: Queue, path: Path, relative: str) -> d
 
 
 # -- the jobs (run by a worker) ---------------------------------------------------
-def _outcome(path: Path) -> dict[str, Any]:
-    """``status`` ready plus the scan, or rejected plus a reason; never raises for a bad file."""
+def _check(kind: str, path: Path) -> dict[str, Any]:
+    """The record's update: ``ready`` plus what the check found, or the kind's refusal plus a reason."""
+    if kind == "model":
+        from .engine.verification import verify  # torch: in the worker only, never in the API
+
+        return verify(path)
+    return {"status": "ready", **inspection.inspect_dataset(path, scan=True)}
+
+
+def _outcome(kind: str, path: Path) -> dict[str, Any]:
+    """What ``_check`` found, its time limit, memory and surprises handled alike for both
+    kinds; never raises for a bad file."""
+    failed, check = FAILED[kind], CHECK[kind]
     try:
-        return {"status": "ready", **inspection.inspect_dataset(path, scan=True)}
+        return _check(kind, path)
     except InvalidFileError as exc:
-        return {"status": "rejected", "reason": exc.message}
+        return {"status": failed, "reason": exc.message}
     except JobTimeoutException:
         job = get_current_job()
         limit = job.timeout if job is not None else VALIDATION_TIMEOUT
-        return {"status": "rejected", "reason": f"the scan ran past its time limit ({limit} s)"}
+        return {"status": failed, "reason": f"the {check} ran past its time limit ({limit} s)"}
     except MemoryError:
-        return {"status": "rejected", "reason": "the scan ran out of memory"}
+        return {"status": failed, "reason": f"the {check} ran out of memory"}
     except Exception as exc:
-        log.exception("validation of %s failed", path)
-        return {"status": "rejected", "reason": f"the file cannot be read: {type(exc).__name__}"}
+        log.exception("%s of %s failed", check, path)
+        return {"status": failed, "reason": f"the file cannot be read: {type(exc).__name__}"}
 
 
 def _context() -> tuple[Records, Storage]:
@@ -170,15 +205,15 @@ def _context() -> tuple[Records, Storage]:
 
 
 def validate_file(kind: str, file_id: str) -> str | None:
-    """RQ job: scan an uploaded file and move its record to ``ready`` or ``rejected``."""
+    """RQ job: check an uploaded file and move its record on from ``validating``/``verifying``."""
     records, storage = _context()
     meta = records.file(kind, file_id)
-    if meta is None or meta.get("status") != "validating":
+    if meta is None or meta.get("status") != PENDING[kind]:
         return None
     try:
-        outcome = _outcome(storage.resolve_blob(meta["blob"]))
+        outcome = _outcome(kind, storage.resolve_blob(meta["blob"]))
     except ServiceError as exc:
-        outcome = {"status": "rejected", "reason": exc.message}
+        outcome = {"status": FAILED[kind], "reason": exc.message}
     records.update_file(kind, file_id, outcome)
     return outcome["status"]
 
@@ -189,6 +224,6 @@ def validate_path(relative: str) -> str:
     # Confined again in the worker (never the service's own folders); the submit already
     # checked the caller's own folder, and the outcome is cached under this resolved path.
     path = storage.resolve_named_file(relative, None)
-    outcome = _outcome(path)
+    outcome = _outcome("dataset", path)
     records.redis.set(scan_key(records, path), json.dumps(outcome), ex=SCAN_TTL)
     return outcome["status"]

@@ -3,6 +3,7 @@ and real ONNX and HDF5 files made here."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -176,3 +177,48 @@ def queue_client(settings: dict, queue: str):
 
     return create_app({**settings, "queue_name": queue}).test_client()
 
+
+
+def _workers_on(flask_app) -> int:
+    from rq import Worker
+
+    return len(Worker.all(queue=flask_app.extensions["secev"]["queue"]))
+
+
+def verified(client, model_id: str, headers=None, expect: str = "ready", timeout: float = 120) -> dict:
+    """Wait for an uploaded model's verification and return its record, asserting its status.
+
+    A worker serving the app's queue runs the job; with none (a test client and no ``worker``
+    fixture), the real job function runs here, the very code a worker runs."""
+    flask_app = client.application
+    if not _workers_on(flask_app):
+        from app import validation
+
+        settings = flask_app.config["SERVICE"]
+        env = {"REDIS_URL": settings.redis_url, "APPDATA": str(settings.appdata)}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            validation.validate_file("model", model_id)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    deadline = time.monotonic() + timeout
+    while (view := client.get(f"/api/models/{model_id}", headers=headers or {}).get_json())["status"] == "verifying":
+        assert time.monotonic() < deadline, f"model {model_id} still verifying after {timeout} s"
+        time.sleep(0.1)
+    assert view["status"] == expect, view
+    return view
+
+
+def upload_model(client, path: Path | None = None, *, name: str | None = None, data=None, headers=None, expect="ready") -> dict:
+    """POST a model as a user does (answered 202, ``verifying``), then :func:`verified`.
+    ``data`` replaces the form (external data, a zip); by default ``path`` is sent as ``file``."""
+    if data is None:
+        data = {"file": (io.BytesIO(path.read_bytes()), name or path.name)}
+    r = client.post("/api/models", data=data, content_type="multipart/form-data", headers=headers or {})
+    assert r.status_code == 202 and r.get_json()["status"] == "verifying", r.get_json()
+    return verified(client, r.get_json()["id"], headers, expect)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, upload_model
 
 
 def upload(client, kind, path, name=None):
@@ -35,7 +35,7 @@ def test_http_layer_never_imports_torch():
 
 def test_upload_model_and_dataset_are_content_addressed_and_listed(client, assets, appdata):
     r = upload(client, "models", assets.model)
-    assert r.status_code == 201, r.get_json()
+    assert r.status_code == 202 and r.get_json()["status"] == "verifying", r.get_json()
     model = r.get_json()
     assert model["sha256"] == hashlib.sha256(assets.model.read_bytes()).hexdigest()
     assert model["input-shape"][1:] == [1, 8, 8] and model["ends-with-softmax"] is True
@@ -130,7 +130,7 @@ def test_submit_answers_202_with_absolute_location(client, assets):
 
 
 def test_submit_by_uploaded_ids(client, assets):
-    model = upload(client, "models", assets.model).get_json()
+    model = upload_model(client, assets.model)
     ds = upload(client, "datasets", assets.dataset).get_json()
     r = client.post("/api/security_evaluations", json={"trained-model": model["id"], "dataset": ds["id"], "preprocessing": {}})
     assert r.status_code == 202

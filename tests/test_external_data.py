@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import submit, wait_status
+from conftest import submit, verified, wait_status
 
 DATA = "model.onnx.data"
 
@@ -78,13 +78,15 @@ def leftovers(appdata: Path) -> list[str]:
 
 def test_external_data_model_evaluates_like_the_single_file_model(client, worker, assets, appdata, external):
     graph, data = external
-    single = post_fields(client, assets.model.read_bytes(), {}).get_json()
+    single = verified(client, post_fields(client, assets.model.read_bytes(), {}).get_json()["id"])
     r = post_fields(client, graph.read_bytes(), {DATA: data.read_bytes()})
-    assert r.status_code == 201, r.get_json()
-    pair = r.get_json()
+    assert r.status_code == 202, r.get_json()
+    pair = verified(client, r.get_json()["id"])
     r = post_zip(client, zipped({"export/model.onnx": graph.read_bytes(), f"export/{DATA}": data.read_bytes()}))
-    assert r.status_code == 201, r.get_json()
-    packed = r.get_json()
+    assert r.status_code == 202, r.get_json()
+    packed = verified(client, r.get_json()["id"])
+    # Verified with its weights read from the data file: the same logits as the single file.
+    assert pair["verification"]["max-logit-diff"] == single["verification"]["max-logit-diff"]
     # One content address for the same graph and data, however they came; both files stored in its folder.
     assert pair["sha256"] == packed["sha256"] and pair["external-data"] == [DATA]
     assert pair["size"] == graph.stat().st_size + data.stat().st_size

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import SLOW_REQUEST, start_worker, stop_process, submit, wait_status
+from conftest import SLOW_REQUEST, start_worker, stop_process, submit, upload_model, wait_status
 
 
 def kill_group(proc, horse_pid: int | None = None) -> None:
@@ -118,16 +118,8 @@ def own(tenant: str, **fields) -> dict:
 
 
 def test_tenants_see_and_delete_only_their_own(tenants, assets):
-    import io
-
     client, alice, bob = tenants
-    up = client.post(
-        "/api/models",
-        headers=alice,
-        content_type="multipart/form-data",
-        data={"file": (io.BytesIO(assets.model.read_bytes()), "m.onnx")},
-    )
-    model_id = up.get_json()["id"]
+    model_id = upload_model(client, assets.model, name="m.onnx", headers=alice)["id"]
     assert client.get("/api/models", headers=bob).get_json()["models"] == []
     assert client.get(f"/api/models/{model_id}", headers=bob).status_code == 404
     r = client.post("/api/security_evaluations", headers=bob, json=own("bob", **{"trained-model": model_id}))

@@ -213,7 +213,7 @@ def test_hostile_uploads_keep_api_memory_and_answer_time_bounded(redis_server, t
         client = Client(f"http://127.0.0.1:{port}")
         for _ in range(6):  # warm both workers: first requests import and allocate lazily
             client.upload("datasets", assets.dataset)
-            client.upload("models", assets.model)
+            client.upload("models", assets.model, wait=False)  # no worker serves this queue: stays verifying
         workers = _workers(api.pid)
         assert len(workers) == 2
         before = {pid: _hwm_kb(pid) for pid in workers}
@@ -227,7 +227,7 @@ def test_hostile_uploads_keep_api_memory_and_answer_time_bounded(redis_server, t
             assert path.stat().st_size <= 10 * 2**20, name
             t0 = time.monotonic()
             try:
-                status, body = 201, client.upload(kind, path)
+                status, body = 201, client.upload(kind, path, wait=False)  # the answer itself, timed
             except ApiError as err:
                 status, body = err.status, err.body
             timings[name] = time.monotonic() - t0

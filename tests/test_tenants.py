@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import start_worker, stop_process, wait_status
+from conftest import start_worker, stop_process, upload_model, wait_status
 
 KEYS = {"key-alice": "alice", "key-bob": "bob"}
 ALICE, BOB = {"X-API-Key": "key-alice"}, {"X-API-Key": "key-bob"}
@@ -30,6 +30,8 @@ def body(model: str, dataset: str) -> dict:
 
 
 def upload(client, kind: str, path, headers=None) -> dict:
+    if kind == "models":
+        return upload_model(client, path, headers=headers)
     r = client.post(
         f"/api/{kind}",
         headers=headers or {},

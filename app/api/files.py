@@ -2,7 +2,9 @@
 
 Every check an upload gets in the request is bounded (see ``app.inspection``). A dataset
 too big to scan inline is stored ``validating`` and answered 202; a worker finishes
-the scan (``app.validation``) and the record becomes ``ready`` or ``rejected``. A model
+the scan (``app.validation``) and the record becomes ``ready`` or ``rejected``. Every
+model is stored ``verifying`` and answered 202; a worker converts it and compares it with
+onnxruntime, and the record becomes ``ready`` or ``unsupported``. A model
 with external data comes with its data file(s) in the field ``external-data``, or all in
 one ``.zip`` (see ``app.bundles``).
 """
@@ -88,7 +90,8 @@ def _upload(kind: str):
         raise ValidationError(f"{kind} files must end in {' or '.join(suffixes)}, got {name!r}", details={"field": "file"})
     storage = get_storage()
     info, sha256, size, blob = _store(kind, upload, suffix, data)
-    ready = kind == "model" or inspection.is_scanned(info)
+    # A model always needs a worker (conversion needs torch); a dataset only past the inline budget.
+    ready = kind == "dataset" and inspection.is_scanned(info)
     meta = {
         "id": uuid.uuid4().hex,
         "name": name,
@@ -96,7 +99,7 @@ def _upload(kind: str):
         "size": size,
         "created_at": now(),
         **info,
-        "status": "ready" if ready else "validating",
+        "status": "ready" if ready else validation.PENDING[kind],
         "owner": auth.tenant(),
         "blob": blob.relative_to(storage.root).as_posix(),
     }
@@ -106,7 +109,8 @@ def _upload(kind: str):
         try:
             validation.enqueue_file(get_queue(), kind, meta["id"])
         except Exception:
-            records.update_file(kind, meta["id"], {"status": "rejected", "reason": "the validation could not be queued"})
+            lost = {"status": validation.FAILED[kind], "reason": "the validation could not be queued"}
+            records.update_file(kind, meta["id"], lost)
             raise
     response = jsonify(public_view(kind, meta))
     response.status_code = 201 if ready else 202

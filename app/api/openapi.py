@@ -112,8 +112,12 @@ def document() -> dict:
                 "post": {
                     "requestBody": UPLOAD,
                     "responses": {
-                        **_ok("stored, validated (status ready)", 201),
-                        **_ok("stored, validated in the background (status validating)", 202),
+                        **_ok("a dataset stored and validated (status ready)", 201),
+                        **_ok(
+                            "stored, checked in the background: a big dataset (status validating, then ready or rejected), "
+                            "every model (status verifying, then ready or unsupported)",
+                            202,
+                        ),
                         **_errors(400, 401, 404, 408, 413, 422),
                     },
                 },
