@@ -93,7 +93,7 @@ def custom_op_model(path):
     return path
 
 
-def test_runtime_failure_is_recorded_with_a_readable_message(client, worker, appdata):
+def test_runtime_failure_is_recorded_with_a_readable_message(client, worker, appdata, assets):
     custom_op_model(appdata / "files" / "custom.onnx")
     job_id = submit(client, **{"trained-model": "files/custom.onnx"})
     status = wait_status(client, job_id)
