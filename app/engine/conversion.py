@@ -184,14 +184,37 @@ SHAPE_OPS = frozenset(
 MAX_FOLDED = 64  # elements: shape vectors, never weights
 
 
+def _targets(graph: onnx.GraphProto) -> set[str]:
+    """The target (shape or repeats) inputs of the graph's Expand and Tile nodes."""
+    return {n.input[1] for n in graph.node if n.op_type in ("Expand", "Tile") and len(n.input) > 1}
+
+
+def _ancestors(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """Every tensor that ``names`` are computed from (themselves included)."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    found, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        if name in producer:
+            todo.extend(i for i in producer[name].input if i)
+    return found
+
+
 def _fold_shape_values(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """The values, at batch 1, of the small tensors computed from constants and static shapes only
-    (``Shape`` of a known shape, then the ops of :data:`SHAPE_OPS`), by onnx's reference evaluator."""
+    """The values, at batch 1, of the Expand and Tile targets computed from constants and static shapes
+    only (``Shape`` of a known shape, then the ops of :data:`SHAPE_OPS`), by onnx's reference evaluator;
+    only the nodes they are computed from are evaluated."""
     from onnx.reference import ReferenceEvaluator
 
+    needed = _ancestors(graph, _targets(graph))
     known = {k: v for k, v in _constants(graph).items() if v.size <= MAX_FOLDED}
     for node in graph.node:
         inputs = [i for i in node.input if i]
+        if not needed.intersection(node.output):
+            continue
         if node.op_type == "Shape" and inputs[0] in shapes:
             start, end = _attribute(node, "start", 0), _attribute(node, "end", None)
             known[node.output[0]] = np.array(shapes[inputs[0]], dtype=np.int64)[start:end]
@@ -208,10 +231,12 @@ def _folded_for_analysis(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy for shape analysis at batch 1 only, where the small tensors computed from shapes are
     initializers: shape inference then follows an Expand whose target is computed (``expand(n, -1, -1)``
     exports a Where over a ConstantOfShape) and every shape after it."""
+    if not _targets(model.graph):
+        return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
-    known = _fold_shape_values(graph, _static_shapes(infer_shapes(copy).graph))
+    known = _fold_shape_values(graph, _static_shapes(graph))
     present = {t.name for t in graph.initializer}
     folded = [n for n in graph.node if n.output and all(o in known for o in n.output if o) and n.op_type != "Constant"]
     for node in folded:
