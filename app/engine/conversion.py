@@ -204,12 +204,13 @@ def _ancestors(graph: onnx.GraphProto, names: set[str]) -> set[str]:
 
 
 def _fold_shape_values(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """The values, at batch 1, of the Expand and Tile targets computed from constants and static shapes
-    only (``Shape`` of a known shape, then the ops of :data:`SHAPE_OPS`), by onnx's reference evaluator;
-    only the nodes they are computed from are evaluated."""
+    """The values, at batch 1, of the Expand, Tile and Reshape targets computed from constants and static
+    shapes only (``Shape`` of a known shape, then the ops of :data:`SHAPE_OPS`), by onnx's reference
+    evaluator; only the nodes they are computed from are evaluated."""
     from onnx.reference import ReferenceEvaluator
 
-    needed = _ancestors(graph, _targets(graph))
+    reshapes = {n.input[1] for n in graph.node if n.op_type == "Reshape" and len(n.input) > 1}
+    needed = _ancestors(graph, _targets(graph) | reshapes)  # a computed Reshape target can block inference too
     known = {k: v for k, v in _constants(graph).items() if v.size <= MAX_FOLDED}
     for node in graph.node:
         inputs = [i for i in node.input if i]
@@ -236,7 +237,7 @@ def _folded_for_analysis(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
-    known = _fold_shape_values(graph, _static_shapes(graph))
+    known = _fold_shape_values(graph, _static_shapes(infer_shapes(copy).graph))
     present = {t.name for t in graph.initializer}
     folded = [n for n in graph.node if n.output and all(o in known for o in n.output if o) and n.op_type != "Constant"]
     for node in folded:
