@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench load serve worker clean
+.PHONY: demo test lint bench large load serve worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ $(VENV)/.bench: benchmarks/requirements.txt $(VENV)/.runtime
 
 bench: $(VENV)/.bench  ## side-by-side benchmarks; writes benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/run.py
+
+# LARGE_MODEL=mobilenet_v3_small is the realistic model (about an hour on two CPU cores; minutes on a GPU)
+LARGE_MODEL ?= small-cnn
+large: $(VENV)/.runtime  ## peak memory of a 224 x 224 x 3 evaluation at 1000 and 3000 samples; writes benchmarks/LARGE.md
+	$(BIN)/python benchmarks/large.py --model $(LARGE_MODEL)
 
 clean:
 	rm -rf $(VENV) demo-output

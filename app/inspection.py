@@ -24,6 +24,7 @@ from h5py import h5a, h5d, h5l, h5o, h5pl, h5z
 
 from .exceptions import InvalidFileError
 from .onnx_inspection import inspect_model  # noqa: F401  (one import place for both kinds)
+from .schemas import channels
 
 MAX_SAMPLES = 10_000_000
 MAX_SAMPLE_ELEMENTS = 3 * 1024 * 1024  # e.g. 3 x 1024 x 1024
@@ -331,7 +332,8 @@ def inspect_dataset(path: Path, *, scan: bool = True, scan_limit: int | None = N
     """Check an HDF5 dataset and describe it.
 
     ``samples`` must be N x C x H x W (or N x H x W x C, the model's layout) floats or integers of up
-    to 16 bits (see :func:`samples_dtype_ok`), ``labels`` N integers or N x K one-hot.
+    to 16 bits (see :func:`samples_dtype_ok`), ``labels`` N integers or N x K one-hot. The file does not
+    say its layout, so the result gives ``shape`` (one sample) and ``channels-by-layout``, not one channel count.
     With ``scan`` the whole file is read in blocks (see :func:`scan_arrays`); with
     ``scan_limit`` only when that costs at most that many bytes and :data:`INLINE_MAX_CHUNKS`. The
     result has ``value-range`` only when it was scanned (:func:`is_scanned`).
@@ -343,7 +345,9 @@ def inspect_dataset(path: Path, *, scan: bool = True, scan_limit: int | None = N
         info: dict[str, Any] = {
             "n-samples": int(n),
             "shape": [int(d) for d in samples.shape[1:]],
-            "channels": int(samples.shape[1]),
+            # Which axis holds the channels is the model's to say (its declared input, or the request's
+            # input-layout), known only at submit: the file's record gives the count under either layout.
+            "channels-by-layout": {layout: channels(samples.shape[1:], layout) for layout in ("nchw", "nhwc")},
             "label-format": "one-hot" if labels.ndim == 2 else "index",
         }
         if labels.ndim == 2 or declared is not None:

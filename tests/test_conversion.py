@@ -168,25 +168,70 @@ def test_a_leading_one_that_is_not_the_batch_is_left_alone():
     check_against_onnxruntime(proto, export(model, 13, dynamic=True, do_constant_folding=False))
 
 
-def test_model_that_only_runs_at_batch_one_is_marked_and_still_correct():
-    """An Expand that bakes the batch in cannot be rewritten: the model runs one sample at a time."""
+class ClassToken(nn.Module):
+    """A ViT-style class token: ``expand`` (or ``repeat``) to the batch, then concatenated with the patches."""
 
-    class ClassToken(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.token = nn.Parameter(torch.randn(1, 1, 3))
-            self.fc = nn.Linear(3, 4)
+    def __init__(self, tile: bool = False) -> None:
+        super().__init__()
+        self.tile = tile
+        self.token = nn.Parameter(torch.randn(1, 1, 3))
+        self.fc = nn.Linear(3, 4)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            tokens = x.flatten(2).transpose(1, 2)
-            tokens = torch.cat([self.token.expand(x.shape[0], -1, -1), tokens], 1)
-            return self.fc(tokens.mean(1) + tokens[:, 0])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)
+        n = x.shape[0]
+        token = self.token.repeat(n, 1, 1) if self.tile else self.token.expand(n, -1, -1)
+        tokens = torch.cat([token, tokens], 1)
+        return self.fc(tokens.mean(1) + tokens[:, 0])
 
+
+class TinyViT(nn.Module):
+    """Patches, a class token, a position embedding and one attention block written batch-first with
+    ``reshape(n, ...)``: exported at batch 1, the Expand and the Reshapes all bake the batch in."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, (SIZE // 4) ** 2 + 1, dim))
+        self.qkv, self.out, self.head = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.token.expand(n, -1, -1), t], 1) + self.pos
+        q, k, v = self.qkv(t).reshape(n, t.shape[1], 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v
+        t = t + self.out(a.transpose(1, 2).reshape(n, t.shape[1], -1))
+        return self.head(t[:, 0])
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("model", [ClassToken(), ClassToken(tile=True), TinyViT()], ids=["expand", "tile", "tiny-vit"])
+def test_class_token_expanded_to_a_fixed_batch_follows_the_input_batch(model, opset):
     torch.manual_seed(0)
-    model = ClassToken()
-    proto = export(model, 13, dynamic=False)
-    notes = check_against_onnxruntime(proto, export(model, 13, dynamic=True))
+    proto = export(model, opset, dynamic=False)
+    assert any(n.op_type in ("Expand", "Tile") for n in proto.graph.node)
+    assert raw_conversion_error(proto)  # batch 4 runs into the baked-in 1
+    notes = check_against_onnxruntime(proto, export(model, opset, dynamic=True))
+    assert "dynamic-batch" in notes["rewrites"] and "batch-1-only" not in notes
+
+
+def test_model_that_only_runs_at_batch_one_is_marked_and_still_correct():
+    """torchvision's ViT at a fixed batch: nn.MultiheadAttention reshapes to [tokens, batch x heads, ...],
+    a batch multiplied into a middle dimension that batch-1 shapes cannot place. It runs one sample
+    at a time, and its class token's Expand is still rewritten."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=SIZE, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=5
+    )
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: no gradient to check
+    proto = export(model, 17, dynamic=False)
+    notes = check_against_onnxruntime(proto, export(model, 17, dynamic=True))
     assert notes.get("batch-1-only") is True
+    dynamic = conversion.make_batch_dynamic(proto)
+    assert [t.name for t in dynamic.graph.initializer if t.name.endswith("__target__rest")] == ["/Expand_output_0__target__rest"]
 
 
 def test_load_onnx_records_the_pipeline_in_model_notes(tmp_path):

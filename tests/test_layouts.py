@@ -192,6 +192,19 @@ def test_layout_at_submit_counts_channels_on_the_right_axis(client, rgb_files):
     assert bad.status_code == 400 and bad.get_json()["details"]["field"] == "input-layout"
 
 
+def test_dataset_record_gives_channels_under_each_layout_not_a_guess(client, rgb_files):
+    """A channels-last file's record does not call its height the channel count: the layout is the model's
+    to say, so the record gives the sample shape and the count under either layout."""
+    data = {"file": (io.BytesIO(rgb_files["nhwc-data"].read_bytes()), "rgb-nhwc.h5")}
+    r = client.post("/api/datasets", data=data, content_type="multipart/form-data")
+    assert r.status_code == 201, r.get_json()
+    record = client.get(f"/api/datasets/{r.get_json()['id']}").get_json()
+    assert record["shape"] == [8, 8, 3] and record["channels-by-layout"] == {"nchw": 8, "nhwc": 3}
+    assert "channels" not in record
+    nchw = inspect_dataset(rgb_files["nchw-data"])
+    assert nchw["shape"] == [3, 8, 8] and nchw["channels-by-layout"] == {"nchw": 3, "nhwc": 8}
+
+
 # -- outputs -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def output_files(assets):

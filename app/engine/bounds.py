@@ -1,8 +1,8 @@
 """Per-job bounds checked before an evaluation starts: disk for its checkpoint, memory for its batch.
 
-Disk: the warm-start perturbations live in a float32 memmap of ``n_samples x sample_shape``
+Disk: the warm-start perturbations live in a float32 row file of ``n_samples x sample_shape``
 (twice while an attempt copies an older one's, see ``evaluation.Checkpoint``); FMN and
-``auto`` also checkpoint a minimal-norm perturbation per sample. Not enough room (under
+``auto`` also keep a minimal-norm perturbation per sample in a second one. Not enough room (under
 the free space of the data directory, less a margin, and under ``MAX_JOB_DISK_MB``) fails
 the job with the numbers. Memory: one batch on the device costs about ``batch_size x``
 (the attack's pool of samples + the model's activations, measured on one sample);
@@ -57,12 +57,13 @@ def disk_needed(n: int, sample_shape: tuple[int, ...], minimal_norm: bool) -> in
     """Bytes of checkpoint files one job may hold at once."""
     per_sample = math.prod(sample_shape) * 4
     perturbations = 2 * n * per_sample  # this attempt's memmap, and an older one's until the first save
-    anchors = 2 * n * per_sample if minimal_norm else 0  # inside the checkpoint, and its temp copy
+    anchors = 2 * n * per_sample if minimal_norm else 0  # the same for the anchors' row file
     return perturbations + anchors + 64 * n  # per-sample outcomes, samples.npz
 
 
 def check_disk(work_dir: Path, n: int, sample_shape: tuple[int, ...], minimal_norm: bool, limits: Limits) -> int:
-    """Raise ``EvaluationError`` naming the numbers when the job's files would not fit; returns the need."""
+    """Raise ``EvaluationError`` naming the numbers when the job's files would not fit; returns the need.
+    Row files are sparse, so this bounds what a job may come to use, not what it takes at once."""
     need = disk_needed(n, sample_shape, minimal_norm)
     what = f"{n} samples of shape {list(sample_shape)}"
     if limits.disk_mb and need > limits.disk_mb * MB:

@@ -13,6 +13,9 @@ graph computes unchanged:
   ``Reshape`` shape constants that bake that 1 in copy the input's batch (0) instead.
   Only a leading 1 of a Reshape whose input starts with 1 at batch 1 is rewritten (found by
   shape inference), so the graph is unchanged at batch 1; the loader checks larger batches.
+  An ``Expand`` or ``Tile`` that makes a tensor of leading dimension 1 later concatenated
+  (on another axis) with the batch, as a ViT's class token is, gets its target taken from
+  the input's batch: ``[Shape(input)[0], <its other dimensions at batch 1>]``.
 - ``shape-inference``: shapes are inferred last, for the converter and for later checks.
 """
 
@@ -144,14 +147,15 @@ def _leading_ones(graph: onnx.GraphProto, constants: dict[str, np.ndarray]) -> s
     return ones
 
 
-def _batch_reshapes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Reshapes whose constant shape starts with 1 where, at batch 1, their input starts with 1 too."""
+def _batch_reshapes(model: onnx.ModelProto, fixed: set[str]) -> list[onnx.NodeProto]:
+    """Reshapes whose constant shape (a tensor named in ``fixed``) starts with 1 where, at batch 1,
+    their input starts with 1 too."""
     graph = model.graph
     constants = _constants(graph)
     ones = _leading_ones(graph, constants)
     found = []
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in fixed:
             continue
         if any(a.name == "allowzero" and a.i for a in node.attribute):
             continue  # a 0 would mean an empty dimension, not a copy
@@ -161,13 +165,164 @@ def _batch_reshapes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return found
 
 
+def _static_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Fully known shapes (every dimension a number) of initializers and inferred tensors."""
+    found = {t.name: [int(d) for d in t.dims] for t in graph.initializer}
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if v.type.HasField("tensor_type") and t.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+            if all(d > 0 for d in dims):
+                found.setdefault(v.name, dims)
+    return found
+
+
+# Ops that compute the small integer tensors a graph derives from shapes (Expand and Tile targets).
+SHAPE_OPS = frozenset(
+    "Constant Identity Slice Concat Gather Unsqueeze Squeeze Cast Equal Where Mul Add Sub Div ConstantOfShape Reshape".split()
+)
+MAX_FOLDED = 64  # elements: shape vectors, never weights
+
+
+def _targets(graph: onnx.GraphProto) -> set[str]:
+    """The target (shape or repeats) inputs of the graph's Expand and Tile nodes."""
+    return {n.input[1] for n in graph.node if n.op_type in ("Expand", "Tile") and len(n.input) > 1}
+
+
+def _ancestors(graph: onnx.GraphProto, names: set[str]) -> set[str]:
+    """Every tensor that ``names`` are computed from (themselves included)."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    found, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        if name in producer:
+            todo.extend(i for i in producer[name].input if i)
+    return found
+
+
+def _fold_shape_values(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """The values, at batch 1, of the Expand, Tile and Reshape targets computed from constants and static
+    shapes only (``Shape`` of a known shape, then the ops of :data:`SHAPE_OPS`), by onnx's reference
+    evaluator; only the nodes they are computed from are evaluated."""
+    from onnx.reference import ReferenceEvaluator
+
+    reshapes = {n.input[1] for n in graph.node if n.op_type == "Reshape" and len(n.input) > 1}
+    needed = _ancestors(graph, _targets(graph) | reshapes)  # a computed Reshape target can block inference too
+    known = {k: v for k, v in _constants(graph).items() if v.size <= MAX_FOLDED}
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        if not needed.intersection(node.output):
+            continue
+        if node.op_type == "Shape" and inputs[0] in shapes:
+            start, end = _attribute(node, "start", 0), _attribute(node, "end", None)
+            known[node.output[0]] = np.array(shapes[inputs[0]], dtype=np.int64)[start:end]
+        elif node.op_type in SHAPE_OPS and node.op_type != "Constant" and all(i in known for i in inputs):
+            try:
+                values = ReferenceEvaluator(node).run(None, {i: known[i] for i in inputs})
+            except Exception:  # an op the evaluator cannot run on these values: not folded
+                continue
+            known.update((o, np.asarray(v)) for o, v in zip(node.output, values) if o and np.asarray(v).size <= MAX_FOLDED)
+    return known
+
+
+def _folded_for_analysis(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape analysis at batch 1 only, where the small tensors computed from shapes are
+    initializers: shape inference then follows an Expand whose target is computed (``expand(n, -1, -1)``
+    exports a Where over a ConstantOfShape) and every shape after it."""
+    if not _targets(model.graph):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    known = _fold_shape_values(graph, _static_shapes(infer_shapes(copy).graph))
+    present = {t.name for t in graph.initializer}
+    folded = [n for n in graph.node if n.output and all(o in known for o in n.output if o) and n.op_type != "Constant"]
+    for node in folded:
+        graph.node.remove(node)
+        for name in node.output:
+            if name and name not in present:
+                graph.initializer.append(numpy_helper.from_array(known[name], name))
+                present.add(name)
+    return copy
+
+
+def _batch_expands(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """``Expand`` and ``Tile`` outputs of leading dimension 1 at batch 1, built from tensors that do not
+    depend on the input, that a ``Concat`` on another axis joins with one that does (a ViT's class token):
+    mapped to what their target becomes after the batch, the output's other dimensions (Expand) or
+    the repeats (Tile), at batch 1."""
+    graph = model.graph
+    shapes = _static_shapes(graph)
+    known = _fold_shape_values(graph, shapes)
+    constants = _constants(graph)
+    initializers = {t.name for t in graph.initializer}
+    from_input = {v.name for v in graph.input if v.name not in initializers}
+    for node in graph.node:  # topological order
+        if any(i in from_input for i in node.input) and node.op_type != "Shape":
+            from_input.update(o for o in node.output if o)
+    found = {}
+    for node in graph.node:
+        if node.op_type not in ("Expand", "Tile") or len(node.input) < 2 or node.input[0] in from_input:
+            continue
+        data, target = shapes.get(node.input[0]), known.get(node.input[1])
+        if data is None or target is None or target.ndim != 1:
+            continue
+        if node.op_type == "Expand":
+            try:
+                out = list(np.broadcast_shapes(tuple(data), tuple(int(d) for d in target)))
+            except ValueError:
+                continue
+            rest = out[1:]
+        else:
+            out = [d * int(r) for d, r in zip(data, target)]
+            rest = [int(r) for r in target[1:]]
+        shapes[node.output[0]] = out  # an Expand then a Tile: the Tile's input shape is known now
+        if not out or out[0] != 1:
+            continue
+        carried = {node.output[0]}
+        for later in graph.node:
+            joined = later.op_type == "Concat" and carried & set(later.input) and from_input & set(later.input)
+            if joined and _attribute(later, "axis", 0) % len(out) != 0:
+                found[node.output[0]] = rest
+                break
+            if later.input and later.input[0] in carried and _keeps_first_dim(later, constants):
+                carried.update(o for o in later.output if o)
+    return found
+
+
+def _follow_batch(graph: onnx.GraphProto, expands: dict[str, list[int]], source: str) -> None:
+    """Give each ``Expand``/``Tile`` in ``expands`` the target ``[Shape(source)[0], *rest]``."""
+    batch = f"{source}__batch_dim"
+    front = [
+        helper.make_node("Shape", [source], [f"{source}__shape"], name=f"{source}__shape"),
+        helper.make_node("Gather", [f"{source}__shape", f"{batch}__index"], [batch], name=batch, axis=0),
+    ]
+    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), f"{batch}__index"))
+    nodes = []
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if out in expands:
+            name = f"{out}__target"
+            graph.initializer.append(numpy_helper.from_array(np.array(expands[out], dtype=np.int64), f"{name}__rest"))
+            nodes.append(helper.make_node("Concat", [batch, f"{name}__rest"], [name], name=name, axis=0))
+            node.input[1] = name  # the old target's nodes are left, unused
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend([*front, *nodes])
+
+
 def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """The model with a symbolic batch where it was fixed at 1 (None when it was not).
 
     A Reshape's leading 1 becomes 0, "copy the input's first dimension", only where the input's
     first dimension is 1 at batch 1: so the graph computes exactly what it did at batch 1, and at
-    a larger batch the Reshape follows its input. Whether the whole graph then works per sample
-    at batch > 1 (an ``Expand`` may bake the 1 in too) is for the caller to measure.
+    a larger batch the Reshape follows its input. An Expand or Tile of a constant (a class token)
+    joined with the batch by a Concat takes the input's batch as its leading target dimension.
+    Whether the whole graph then works per sample at batch > 1 (``nn.MultiheadAttention`` bakes
+    batch x heads into a middle dimension) is for the caller to measure.
     """
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
@@ -177,7 +332,9 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
     candidate = onnx.ModelProto()
     candidate.CopyFrom(model)
     g = candidate.graph
-    reshapes = {n.output[0] for n in _batch_reshapes(infer_shapes(candidate))}
+    inferred = infer_shapes(_folded_for_analysis(candidate))
+    reshapes = {n.output[0] for n in _batch_reshapes(inferred, set(_constants(g)))}
+    expands = _batch_expands(inferred)
     del g.value_info[:]  # shapes inferred at batch 1 would contradict the new symbol
     for v in [*(x for x in g.input if x.name not in initializers), *g.output]:
         dim = _leading_dim(v)
@@ -195,6 +352,8 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 g.initializer.append(numpy_helper.from_array(fixed, name))
                 names.add(name)
             node.input[1] = name  # a new tensor: the old constant may feed other nodes
+    if expands:
+        _follow_batch(g, expands, inputs[0].name)
     return candidate
 
 

@@ -1,8 +1,11 @@
 """The engine: one security evaluation from a normalized request to its output.
 
 Shared by the RQ job (``app.jobs``) and the command line (``python -m app``).
-With a work directory it checkpoints after every epsilon (the per-sample state
-and the warm-start perturbations, the latter in a memory-mapped file), and a
+The dataset is read one batch at a time, never whole, and the per-sample arrays
+the size of the samples (warm-start perturbations, FMN's anchors) are row files
+on disk (``rows.RowFile``), in the work directory or else a temporary one, so a
+job's memory depends on its batch, not on how many samples it evaluates.
+With a work directory it checkpoints after every epsilon, and a
 re-run with the same request resumes from the last finished epsilon. Each
 attempt keeps its perturbations in a file of its own and asks ``owns()`` right
 before every checkpoint it writes, so an attempt that lost the job (a stalled
@@ -12,11 +15,13 @@ Before the attack starts, ``bounds`` checks the job's disk and memory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +36,10 @@ from .attacks.base import Hooks, StopRequested, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .data import H5Dataset, select
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
+from .rows import RowFile
 
 CHECKPOINT = "checkpoint.npz"
+PER_SAMPLE_RAM = 64  # bytes: index, label, outcome, norms (and a minimal norm) per evaluated sample
 SAMPLES = "samples.npz"
 
 
@@ -73,11 +80,12 @@ def _always() -> bool:
 
 
 class Checkpoint:
-    """Per-epsilon checkpoint in a work directory; the warm-start deltas live in a memmap.
+    """Per-epsilon checkpoint in a work directory; the warm-start deltas (and FMN's anchors) live
+    in row files beside it (:class:`RowFile`), read and written one batch at a time.
 
-    Each attempt (``tag``) writes its own ``delta.<tag>.npy`` (a resumed attempt copies the
-    checkpoint's) and its own temporary checkpoint, renamed over ``checkpoint.npz`` only
-    if ``owns()`` still says so right before: a stale attempt never touches the files of
+    Each attempt (``tag``) writes its own ``delta.<tag>.npy`` and ``anchor.<tag>.npy`` (a resumed
+    attempt copies the checkpoint's) and its own temporary checkpoint, renamed over ``checkpoint.npz``
+    only if ``owns()`` still says so right before: a stale attempt never touches the files of
     the attempt that replaced it.
     """
 
@@ -87,34 +95,49 @@ class Checkpoint:
         self.print = fingerprint(request)
         tag = re.sub(r"[^A-Za-z0-9-]", "", tag)[:64] or "local"
         self.delta_path = self.dir / f"delta.{tag}.npy"
+        self.anchor_path = self.dir / f"anchor.{tag}.npy"
         self.tmp_path = self.dir / f"checkpoint.{tag}.tmp.npz"
         self.owns = owns
+
+    def _adopt(self, name: str, mine: Path) -> RowFile:
+        """This attempt's own copy of a row file the checkpoint names (the older attempt may still write to its own)."""
+        source = self.dir / name
+        if source != mine:
+            shutil.copyfile(source, self.tmp_path.with_suffix(".npy"))
+            os.replace(self.tmp_path.with_suffix(".npy"), mine)
+        return RowFile.open(mine)
 
     def load_or_create(self, n: int, shape: tuple[int, ...], n_eps: int) -> tuple[SweepState, bool]:
         path = self.dir / CHECKPOINT
         if path.exists():
             with np.load(path, allow_pickle=False) as ck:
-                source = self.dir / (str(ck["delta_file"]) if "delta_file" in ck.files else "delta.npy")
-                if str(ck["fingerprint"]) == self.print and ck["broken_at"].shape == (n,) and source.is_file():
-                    if source != self.delta_path:  # copy: the older attempt may still write to its own
-                        shutil.copyfile(source, self.tmp_path.with_suffix(".npy"))
-                        os.replace(self.tmp_path.with_suffix(".npy"), self.delta_path)
-                    delta = np.load(self.delta_path, mmap_mode="r+", allow_pickle=False)
+                name = str(ck["delta_file"]) if "delta_file" in ck.files else "delta.npy"
+                anchor_name = str(ck["anchor_file"]) if "anchor_file" in ck.files else None
+                usable = str(ck["fingerprint"]) == self.print and ck["broken_at"].shape == (n,) and (self.dir / name).is_file()
+                if usable and (anchor_name is None or (self.dir / anchor_name).is_file()):
+                    delta = self._adopt(name, self.delta_path)
                     if delta.shape == (n, *shape):
                         state = SweepState(
                             ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"])
                         )
-                        if "anchor" in ck.files:
-                            state.anchor, state.min_norm = ck["anchor"].copy(), ck["min_norm"].copy()
+                        if anchor_name is not None or "anchor" in ck.files:  # the latter: before anchors had a file
+                            state.min_norm = ck["min_norm"].copy()
+                            if anchor_name is not None:
+                                state.anchor = self._adopt(anchor_name, self.anchor_path)
+                            else:
+                                state.anchor = RowFile.from_array(self.anchor_path, ck["anchor"])
                         return state, True
-        delta = np.lib.format.open_memmap(self.delta_path, mode="w+", dtype=np.float32, shape=(n, *shape))
-        return SweepState.empty(n, shape, n_eps, delta=delta), False
+                    delta.close()
+        return SweepState.empty(n, shape, n_eps, delta=RowFile.create(self.delta_path, n, shape)), False
 
     def save(self, state: SweepState) -> None:
-        if isinstance(state.delta, np.memmap):
+        extra: dict[str, Any] = {}
+        if isinstance(state.delta, RowFile):
             state.delta.flush()
-        extra = {}
-        if state.anchor is not None:
+        if isinstance(state.anchor, RowFile):
+            state.anchor.flush()
+            extra = {"anchor_file": state.anchor.path.name, "min_norm": state.min_norm}
+        elif state.anchor is not None:
             extra = {"anchor": state.anchor, "min_norm": state.min_norm}
         np.savez(
             self.tmp_path,
@@ -130,12 +153,13 @@ class Checkpoint:
             self.tmp_path.unlink(missing_ok=True)
             raise StopRequested
         self.tmp_path.replace(self.dir / CHECKPOINT)
-        for older in self.dir.glob("delta.*.npy"):  # no longer named by the checkpoint
-            if older != self.delta_path:
-                older.unlink(missing_ok=True)
+        for pattern, mine in (("delta.*.npy", self.delta_path), ("anchor.*.npy", self.anchor_path)):
+            for older in self.dir.glob(pattern):  # no longer named by the checkpoint
+                if older != mine:
+                    older.unlink(missing_ok=True)
 
     def finish(self) -> None:
-        for pattern in ("checkpoint*.npz", "delta*.npy"):
+        for pattern in ("checkpoint*.npz", "delta*.npy", "anchor*.npy"):
             for path in self.dir.glob(pattern):
                 path.unlink(missing_ok=True)
 
@@ -171,7 +195,7 @@ def evaluate(
     model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    with H5Dataset(dataset_path) as data:
+    with H5Dataset(dataset_path) as data, contextlib.ExitStack() as scratch:
         indexes = select(data.labels, request["evaluation-mode"], request["indexes"])
         source = SubsetSource(data, indexes)
         model, notes = _check_model(model, source, data.n_classes, dev, notes)
@@ -185,13 +209,16 @@ def evaluate(
             seed=request["seed"],
             batch_size=request["batch-size"],
         )
-        _preflight(attack, model, source, data.shape, dev, work_dir, limits or Limits())
+        rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
+        _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits())
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
         resumed = False
         if checkpoint:
             state, resumed = checkpoint.load_or_create(len(source), data.shape, len(epsilons))
         else:
-            state = SweepState.empty(len(source), data.shape, len(epsilons))
+            delta = RowFile.create(rows_dir / "delta.local.npy", len(source), data.shape)
+            state = SweepState.empty(len(source), data.shape, len(epsilons), delta=delta)
+        scratch.callback(state.close)
         t_load = time.perf_counter()
         hooks = Hooks(
             progress=progress or (lambda done, total: None),
@@ -254,16 +281,14 @@ def evaluate(
     return output
 
 
-def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, work_dir: Path | None, limits: Limits) -> None:
-    """Disk for the checkpoint, then the largest batch (at most the requested one) that fits in memory."""
+def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits) -> None:
+    """Disk for the row files (and checkpoint), then the largest batch (at most the requested one) that fits in memory."""
     n, sample_bytes = len(source), int(np.prod(shape)) * 4
     if n == 0:
         return
-    minimal_norm = isinstance(attack, attacks.FMN)
-    if work_dir is not None:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        check_disk(work_dir, n, shape, minimal_norm, limits)
-    fixed = n * sample_bytes * ((0 if work_dir else 1) + (1 if minimal_norm else 0))  # per-sample arrays in RAM
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits)
+    fixed = n * PER_SAMPLE_RAM  # only the small per-sample arrays stay in RAM; the rest is on disk
     x1, _ = source.read(np.arange(1))
     act = activation_bytes(model, torch.from_numpy(x1).to(dev))
     attack.batch_size = fit_batch(attack.batch_size, attack.pool_batches, sample_bytes, act, fixed, dev, limits)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..bounds import OutOfMemory, is_out_of_memory
+from ..rows import RowFile
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,18 @@ class ArraySource:
 @dataclass
 class SweepState:
     """Per-sample outcome: the first epsilon index that broke it (``len(epsilons)`` = never),
-    the norm of the counted adversarial, and the current perturbation (the warm start)."""
+    the norm of the counted adversarial, and the current perturbation (the warm start).
+
+    The per-sample arrays the size of the samples (``delta``, ``anchor``) are ndarrays for library
+    use, and :class:`RowFile` s on disk in an evaluation, so a job holds one batch of them at a time.
+    """
 
     broken_at: np.ndarray
     norms: np.ndarray
-    delta: np.ndarray
+    delta: np.ndarray | RowFile
     next_k: int = 0
     prepared: bool = False
-    anchor: np.ndarray | None = None  # a minimal-norm adversarial per sample, from a pre-stage
+    anchor: np.ndarray | RowFile | None = None  # a minimal-norm adversarial per sample, from a pre-stage
     min_norm: np.ndarray | None = None
 
     @classmethod
@@ -146,6 +151,16 @@ class SweepState:
         if delta is None:
             delta = np.zeros((n, *sample_shape), dtype=np.float32)
         return cls(np.full(n, n_eps, dtype=np.int32), np.full(n, np.nan, dtype=np.float32), delta)
+
+    def rows_like_delta(self, kind: str) -> np.ndarray | RowFile:
+        """Zeros shaped like ``delta``, kept where it is kept (on disk, named ``kind``, beside it)."""
+        return self.delta.sibling(kind) if isinstance(self.delta, RowFile) else np.zeros_like(self.delta)
+
+    def close(self) -> None:
+        """Close the row files (an ndarray needs nothing)."""
+        for rows in (self.delta, self.anchor):
+            if isinstance(rows, RowFile):
+                rows.close()
 
     def accuracy(self, n_eps: int) -> list[float]:
         n = len(self.broken_at)

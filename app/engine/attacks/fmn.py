@@ -117,7 +117,7 @@ class FMN(Attack):
         device: torch.device,
     ) -> None:
         """Run the minimal-norm search once; the epsilon loop then only checks each threshold."""
-        state.anchor = np.zeros_like(state.delta)
+        state.anchor = state.rows_like_delta("anchor")
         state.min_norm = np.full(len(state.broken_at), np.inf, dtype=np.float32)
 
         def run(pos: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
