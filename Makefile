@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench load serve worker clean
+.PHONY: demo test lint bench compat load serve worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ $(VENV)/.bench: benchmarks/requirements.txt $(VENV)/.runtime
 
 bench: $(VENV)/.bench  ## side-by-side benchmarks; writes benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/run.py
+
+compat: $(VENV)/.dev  ## the compatibility matrix (torchvision exports, before/after, live service); writes benchmarks/COMPAT.md
+	$(BIN)/python benchmarks/compat.py --service $(COMPAT_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output
