@@ -1,6 +1,6 @@
 """benchmarks/COMPAT.md from the cases of benchmarks/compat.json (``compat.py`` calls it; it can be rerun alone).
 
-    .venv/bin/python benchmarks/compat_report.py [benchmarks/compat.json]
+.venv/bin/python benchmarks/compat_report.py [benchmarks/compat.json]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "(fixed shapes, weights in `model.onnx.data`). Cells list "
         + " / ".join(f"`{w}`" for w in weights)
         + " weights (`default`: torchvision's initialization; `trained`: batch-norm statistics randomized). Max diff, min cosine "
-        f"and step time are over the passing cases; step = one attack step (forward + input-gradient backward) at batch 8, "
+        "and step time are over the passing cases; step = one attack step (forward + input-gradient backward) at batch 8, "
         "ms, ours / the source torch model.",
         "",
         "| arch | export | px | before | after | max diff | min cosine | step ms | service | notes |",

@@ -41,7 +41,9 @@ def upload_bundle(folder: Path) -> Path:
     return bundle
 
 
-def labelled_samples(reference: Callable[[np.ndarray], np.ndarray], size: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, float]:
+def labelled_samples(
+    reference: Callable[[np.ndarray], np.ndarray], size: int, seed: int = 7
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Samples, labels and onnxruntime's accuracy on them (one half right, the other half wrong)."""
     x = np.random.default_rng(seed).random((SAMPLES, 3, size, size), dtype=np.float32)
     predicted = reference(x).reshape(SAMPLES, -1).argmax(1)
@@ -54,10 +56,15 @@ class Service:
 
     def __init__(self, appdata: Path) -> None:
         self.appdata = appdata
-        os.environ.setdefault("MAX_UPLOAD_MB", "2048")  # VGG and AlexNet exports are 250-550 MB
         self.redis = RedisServer(appdata / "redis").start()
         port = free_port()
-        self.processes = start_services(appdata, self.redis.url, port)
+        saved = os.environ.get("MAX_UPLOAD_MB")
+        os.environ["MAX_UPLOAD_MB"] = saved or "2048"  # VGG and AlexNet exports are 250-550 MB; the services read it at start
+        try:
+            self.processes = start_services(appdata, self.redis.url, port)
+        finally:
+            if saved is None:
+                del os.environ["MAX_UPLOAD_MB"]
         self.client = Client(f"http://127.0.0.1:{port}", timeout=300)
         wait_ready(self.client, timeout=120)
 
