@@ -221,9 +221,12 @@ def attempt(fn: Callable[[], Any]) -> tuple[Any, str | None]:
         return None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
 
 
-def run_case(source: nn.Module, mode: str, size: int, folder: Path, torch_step_ms: float | None = None) -> dict[str, Any]:
+def run_case(
+    source: nn.Module, mode: str, size: int, folder: Path, torch_step_ms: float | None = None, *, timed: bool = True
+) -> dict[str, Any]:
     """Export ``source`` as ``mode`` and measure both conversions; leaves the files in ``folder``.
-    ``torch_step_ms``: the source's step time when already measured (it is the same for every mode)."""
+    ``torch_step_ms``: the source's step time when already measured (it is the same for every mode);
+    ``timed=False`` skips the step timings (for tests)."""
     case: dict[str, Any] = {"mode": mode}
     t0 = time.perf_counter()
     path, error = attempt(lambda: export(source, mode, size, folder))
@@ -247,9 +250,10 @@ def run_case(source: nn.Module, mode: str, size: int, folder: Path, torch_step_m
         if label == "after":
             case[label]["notes"] = notes
             case[label]["batch-1-only"] = bool(notes.get("batch-1-only"))
-            if case[label]["ok"]:
+            if case[label]["ok"] and timed:
                 case[label]["step_ms"] = round(step_ms(network, size), 1)
-    case["torch_step_ms"] = torch_step_ms if torch_step_ms is not None else round(step_ms(source, size), 1)
+    if timed:
+        case["torch_step_ms"] = torch_step_ms if torch_step_ms is not None else round(step_ms(source, size), 1)
     return case
 
 
