@@ -62,15 +62,30 @@ COSINE_GOAL = 0.999
 STEP_BATCH = 8
 
 
-def trained_like(model: nn.Module) -> nn.Module:
-    """Random weights with batch-norm statistics randomized, so batch norm is not an identity, and
-    zero-initialized layers (ViT's head) made random, so logits and gradients depend on the input."""
+def trained_like(model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
+    """Random weights with batch-norm statistics that are not an identity, and zero-initialized layers
+    (ViT's head) made random. With ``sample``, the statistics are those of the sample's activations,
+    jittered, as training leaves them: a deep random network whose statistics are merely randomized
+    (the default without it) can become nearly constant, with gradients at rounding level (1e-14)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.02)
+    if sample is None:
+        for module in norms:
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-        elif isinstance(module, nn.Linear) and not module.weight.any():
-            nn.init.normal_(module.weight, std=0.02)
+        return model.eval()
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(sample)
+    for module in norms:
+        module.momentum = 0.1
+        module.running_mean.add_(torch.empty_like(module.running_mean).uniform_(-0.1, 0.1) * module.running_var.sqrt())
+        module.running_var.mul_(torch.empty_like(module.running_var).uniform_(0.8, 1.25))
     return model.eval()
 
 
@@ -96,7 +111,7 @@ def build(arch: str, weights: str, size: int, seed: int = 0) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = getattr(torchvision.models, arch)(**options).eval()
-    return trained_like(model) if weights == "trained" else model
+    return trained_like(model, inputs(16, size, 123)) if weights == "trained" else model
 
 
 def export(model: nn.Module, mode: str, size: int, folder: Path) -> Path:
