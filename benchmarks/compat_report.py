@@ -24,6 +24,9 @@ def reason(case: dict[str, Any], key: str) -> str:
     if not case.get("export", {}).get("ok"):
         return "export: " + case.get("export", {}).get("error", "")[:120]
     error = (case.get(key) or {}).get("error", "")
+    norm = (case.get(key) or {}).get("source_grad_norm")
+    if norm is not None and norm < 1e-9 and "cosine" in error:
+        return f"{case[key].get('stage', '')}: the source model's own gradient is at rounding level (norm < 1e-9), cosine meaningless"
     error = re.sub(r"\[[0-9, ]+\]", "[...]", error)
     error = re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "N", error)
     return f"{case[key].get('stage', '')}: {error[:140]}"
@@ -105,7 +108,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "`dynamo-dyn` `dynamo=True` with a dynamic batch, one file; `dynamo-ext` `dynamo=True` with torch's defaults "
         "(fixed shapes, weights in `model.onnx.data`). Cells list "
         + " / ".join(f"`{w}`" for w in weights)
-        + " weights (`default`: torchvision's initialization; `trained`: batch-norm statistics randomized). Max diff, min cosine "
+        + " weights (`default`: torchvision's initialization; `randomized`: batch-norm statistics randomized, the issue's "
+        "trained-like; `calibrated`: statistics measured on a sample and jittered). Max diff, min cosine "
         "and step time are over the passing cases; step = one attack step (forward + input-gradient backward) at batch 8, "
         "ms, ours / the source torch model.",
         "",

@@ -33,7 +33,7 @@ def assert_fixed(case: dict, failure: str) -> None:
     ],
 )
 def test_torchscript_exports_fail_before_and_pass_after(arch, mode, failure, rewrite, tmp_path):
-    case = run_case(build(arch, "trained", SIZE), mode, SIZE, tmp_path, timed=False)
+    case = run_case(build(arch, "calibrated", SIZE), mode, SIZE, tmp_path, timed=False)
     assert_fixed(case, failure)
     assert any(r.startswith(rewrite) for r in case["after"]["notes"]["rewrites"])
 
@@ -42,7 +42,7 @@ def test_dynamo_external_data_export_evaluates_through_the_live_service(tmp_path
     """torch's default export (fixed batch, weights in model.onnx.data): converted exactly, and the
     service's clean accuracy on it equals onnxruntime's on the same samples."""
     folder = tmp_path / "export"
-    case = run_case(build("squeezenet1_1", "trained", SIZE), "dynamo-ext", SIZE, folder, timed=False)
+    case = run_case(build("squeezenet1_1", "calibrated", SIZE), "dynamo-ext", SIZE, folder, timed=False)
     assert case["files"] == ["model.onnx", "model.onnx.data"]
     assert_fixed(case, "is invalid for input of size")
     service = Service(tmp_path / "appdata")
