@@ -47,7 +47,7 @@ def totals(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cell(cases: list[dict[str, Any]], key: str) -> str:
-    return " / ".join("pass" if passed(c, key) else "**fail**" for c in cases)
+    return " ".join(f"{c['weights'][0]}:" + ("pass" if passed(c, key) else "**fail**") for c in cases)
 
 
 def _fmt(values: list[float], spec: str) -> str:
@@ -106,7 +106,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "Export modes: `tsNN-dyn` / `tsNN-b1` TorchScript (`dynamo=False`) at opset NN with a dynamic batch / a fixed batch 1; "
         "`dynamo-dyn` `dynamo=True` with a dynamic batch, one file; `dynamo-ext` `dynamo=True` with torch's defaults "
-        "(fixed shapes, weights in `model.onnx.data`). Cells list "
+        "(fixed shapes, weights in `model.onnx.data`). Cells list, by initial, "
         + " / ".join(f"`{w}`" for w in weights)
         + " weights (`default`: torchvision's initialization; `randomized`: batch-norm statistics randomized, the issue's "
         "trained-like; `calibrated`: statistics measured on a sample and jittered). Max diff, min cosine "
