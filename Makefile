@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench large load serve worker clean
+.PHONY: demo test lint bench large compat load serve worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench: $(VENV)/.bench  ## side-by-side benchmarks; writes benchmarks/RESULTS.md
 LARGE_MODEL ?= small-cnn
 large: $(VENV)/.runtime  ## peak memory of a 224 x 224 x 3 evaluation at 1000 and 3000 samples; writes benchmarks/LARGE.md
 	$(BIN)/python benchmarks/large.py --model $(LARGE_MODEL)
+
+compat: $(VENV)/.dev  ## the compatibility matrix (torchvision exports, before/after, live service); writes benchmarks/COMPAT.md
+	$(BIN)/python benchmarks/compat.py --service $(COMPAT_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output

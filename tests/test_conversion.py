@@ -22,6 +22,7 @@ from torch import nn
 
 from app.engine import conversion
 from app.engine.models import convert, load_onnx
+from benchmarks.compat import trained_like
 
 SIZE = 16
 
@@ -248,15 +249,6 @@ def test_load_onnx_records_the_pipeline_in_model_notes(tmp_path):
         "output-index": 0,
     }
     assert model(torch.rand(4, 3, SIZE, SIZE)).shape == (4, 5)
-
-
-def trained_like(model: nn.Module) -> nn.Module:
-    """Random weights with batch-norm statistics randomized, so batch norm is not an identity."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 @pytest.mark.parametrize(
