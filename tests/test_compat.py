@@ -45,6 +45,8 @@ def test_dynamo_external_data_export_evaluates_through_the_live_service(tmp_path
     case = run_case(build("squeezenet1_1", "calibrated", SIZE), "dynamo-ext", SIZE, folder, timed=False)
     assert case["files"] == ["model.onnx", "model.onnx.data"]
     assert_fixed(case, "is invalid for input of size")
+    # Dynamo writes allowzero=1 on its Reshapes: the batch is still made dynamic, not run per sample.
+    assert "dynamic-batch" in case["after"]["notes"]["rewrites"] and not case["after"]["notes"].get("batch-1-only")
     service = Service(tmp_path / "appdata")
     try:
         result = service.evaluate(folder, SIZE, Reference(folder / "model.onnx"))

@@ -157,9 +157,9 @@ def _batch_reshapes(model: onnx.ModelProto, fixed: set[str]) -> list[onnx.NodePr
     for node in graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in fixed:
             continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
-            continue  # a 0 would mean an empty dimension, not a copy
         shape = constants[node.input[1]]
+        if _attribute(node, "allowzero", 0) and (shape == 0).any():
+            continue  # its 0s mean empty dimensions, and a copied batch would be one more 0
         if shape.ndim == 1 and len(shape) and shape[0] == 1 and node.input[0] in ones:
             found.append(node)
     return found
@@ -352,6 +352,10 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 g.initializer.append(numpy_helper.from_array(fixed, name))
                 names.add(name)
             node.input[1] = name  # a new tensor: the old constant may feed other nodes
+            # Dynamo writes allowzero=1 on every Reshape; with no 0 in the shape it changed nothing,
+            # and the 0 just written must mean "copy", so it goes.
+            for attr in [a for a in node.attribute if a.name == "allowzero"]:
+                node.attribute.remove(attr)
     if expands:
         _follow_batch(g, expands, inputs[0].name)
     return candidate
