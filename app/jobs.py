@@ -15,6 +15,7 @@ Test knob (environment): ``LEASE_TTL`` (seconds, default 10).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -32,6 +33,7 @@ from .extensions import connect
 from .records import Claim, Records
 from .redact import scrub, scrub_details
 from .storage import Storage, file_scope, sha256_file
+from .validation import SCAN_TTL, file_version
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,16 @@ def model_verification(records: Records, model: dict[str, Any], model_path, data
             return summary  # None: a record from before verification existed
     from .engine.verification import require_supported
 
-    return require_supported(model_path, dataset_path, request.get("output-index", 0))
+    output_index = request.get("output-index", 0)
+    # A model named by path is verified once per version of the pair of files (path, size and
+    # mtime of each), not once per job: a load of jobs on one model pays for it once.
+    key = records.key("verified", file_version(model_path), file_version(dataset_path), str(output_index))
+    cached = records.redis.get(key)
+    if cached:
+        return json.loads(cached)
+    figures = require_supported(model_path, dataset_path, output_index)
+    records.redis.set(key, json.dumps(figures), ex=SCAN_TTL)
+    return figures
 
 
 def run_evaluation(job_id: str) -> dict[str, Any] | None:

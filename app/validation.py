@@ -54,10 +54,15 @@ class StillValidating(ConflictError):
     retry_after = RETRY_AFTER
 
 
+def file_version(path: Path) -> str:
+    """A file named by path, as far as caches go: its path, size and mtime, hashed."""
+    st = path.stat()
+    return hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+
+
 def scan_key(records: Records, path: Path) -> str:
     """The scan-cache key of a file named by path: a changed file (size or mtime) is scanned again."""
-    st = path.stat()
-    return records.key("scan", hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest())
+    return records.key("scan", file_version(path))
 
 
 def _enqueue(queue: Queue, function: str, args: tuple[str, ...], job_id: str) -> None:

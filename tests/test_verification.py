@@ -116,7 +116,7 @@ def evaluation(model: str, **extra) -> dict:
     return {"trained-model": model, "dataset": "files/val.h5", "preprocessing": {}, "perturbation-values": [0, 0.05], **extra}
 
 
-def test_upload_is_verified_by_a_worker_and_the_figures_reach_the_output(client, worker, assets):
+def test_upload_is_verified_by_a_worker_and_the_figures_reach_the_output(client, worker, assets, redis_server):
     r = client.post("/api/models", data=fields(assets.model), content_type="multipart/form-data")
     assert r.status_code == 202 and r.get_json()["status"] == "verifying", r.get_json()
     model = verified(client, r.get_json()["id"])  # polls: the session's worker runs the job
@@ -137,6 +137,16 @@ def test_upload_is_verified_by_a_worker_and_the_figures_reach_the_output(client,
     assert job["job-status"] == "finished", job
     named = client.get(f"/api/security_evaluations/{job['job_id']}/output").get_json()["model-notes"]["verification"]
     assert named["max-logit-diff"] == figures["max-logit-diff"] and named["gradient"] == "ok"
+    # Verified once per version of the files, not once per job: a second job reuses the figures,
+    # and a changed model file (its mtime) is verified again.
+    conn = redis.Redis.from_url(redis_server.url)
+    assert len(list(conn.scan_iter(match="*:verified:*"))) == 1
+    job = wait_status(client, submit(client, evaluation("files/cnn.onnx")))
+    again = client.get(f"/api/security_evaluations/{job['job_id']}/output").get_json()["model-notes"]["verification"]
+    assert again == named and len(list(conn.scan_iter(match="*:verified:*"))) == 1
+    os.utime(assets.model, ns=(time.time_ns(), time.time_ns()))
+    assert wait_status(client, submit(client, evaluation("files/cnn.onnx")))["job-status"] == "finished"
+    assert len(list(conn.scan_iter(match="*:verified:*"))) == 2
 
 
 def test_submit_while_verifying_is_409_with_retry_after_then_202(settings, assets):
