@@ -49,7 +49,7 @@ def test_worker_killed_mid_job_is_rerun_once_and_resumes(client, redis_server, a
         kill_group(a, horse)  # SIGKILL: nothing runs its cleanup
         if b is None:
             b = start_worker(redis_server.url, appdata, name=f"restarted-{tag}")
-        status = wait_status(client, job_id, timeout=180)
+        status = wait_status(client, job_id, timeout=300)  # generous: a loaded 2-core box
         recovered_in = time.monotonic() - t_kill
         assert status["job-status"] == "finished", status
         out = client.get(f"/api/security_evaluations/{job_id}/output").get_json()
