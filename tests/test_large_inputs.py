@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_worker_bounds import RunsOutOfMemory  # one out-of-memory fault for both tests
 from torch import nn
 
 import app.engine.evaluation as evaluation
@@ -136,20 +137,6 @@ def test_row_file_reads_back_what_was_written_in_any_order(tmp_path):
     assert np.array_equal(np.load(tmp_path / "delta.t.npy"), got)  # a plain .npy file
     with pytest.raises(IndexError):
         rows[np.array([10])]
-
-
-class RunsOutOfMemory(nn.Module):
-    """A real model that raises CUDA's out-of-memory error on batches over ``limit``
-    (a fault this CPU machine cannot be made to cause for real at a chosen batch size)."""
-
-    def __init__(self, net: nn.Module, limit: int) -> None:
-        super().__init__()
-        self.net, self.limit = net, limit
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(x) > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.net(x)
 
 
 def test_cuda_out_of_memory_halves_the_batch_and_gives_the_curve_of_the_smaller_batch(big, monkeypatch):
