@@ -3,6 +3,14 @@
 Samples leave the batch the step they are broken (checked on the same forward
 pass that gives the gradient) and queued samples take their places, so a step
 costs a full batch of useful work.
+
+A warm start (the sweep's adversarial from the next larger epsilon, projected
+into this ball) gets a short run of ``WARM_FRACTION`` of the steps; a sample it
+does not break then gets the full budget from a fresh random start, as a plain
+PGD would. Measured on the digits CNN (5 seeds, 50 steps of 0.25 epsilon), the
+warm start alone left 1.0 to 1.2 points more robust accuracy than torchattacks'
+PGD at epsilons 0.1 and 0.15: a warm start that fails sits in a region of the
+smaller ball that the steps cannot leave, and gets no second chance.
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Context, clip_to_bounds, project, random_in_ball, steepest_direction
+from .base import Attack, Context, clip_to_bounds, is_warm, project, random_in_ball, steepest_direction
 from .losses import LOSSES
+
+WARM_FRACTION = 0.2  # of the steps, for the run from a warm start before the fresh one
 
 
 class PGD(Attack):
@@ -41,11 +51,15 @@ class PGD(Attack):
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         out = init.clone() if init is not None else torch.zeros_like(x)
-        for restart in range(self.restarts):
+        if is_warm(init):
+            # Rows of init that are zero (no warm start) get a random start here, and a fresh one below.
+            every = torch.arange(len(x), device=x.device)
+            self.descend(ctx, x, y, eps, every, init, found, out, max(1, round(WARM_FRACTION * self.steps)))
+        for _ in range(self.restarts):
             queue = (~found).nonzero().squeeze(1)
             if len(queue) == 0:
                 break
-            self.descend(ctx, x, y, eps, queue, init if restart == 0 else None, found, out)
+            self.descend(ctx, x, y, eps, queue, None, found, out, self.steps)
         return out, found
 
     def start(self, ctx: Context, x: torch.Tensor, eps: float, init: torch.Tensor | None) -> torch.Tensor:
@@ -69,8 +83,9 @@ class PGD(Attack):
         init: torch.Tensor | None,
         found: torch.Tensor,
         out: torch.Tensor,
+        steps: int,
     ) -> None:
-        """PGD over ``queue`` with a pool of at most ``batch_size`` samples: a sample leaves the
+        """``steps`` of PGD over ``queue`` with a pool of at most ``batch_size`` samples: a sample leaves the
         pool the step it is broken (or its steps run out) and the next queued sample takes its place,
         so every forward pass runs on a full batch."""
         alpha = self.step_size * eps
@@ -85,7 +100,7 @@ class PGD(Attack):
             logits = ctx.logits(xa + delta)
             loss = self.loss_fn(logits, ya)
             adv = logits.argmax(1) != ya
-            keep = ~adv & (taken < self.steps)
+            keep = ~adv & (taken < steps)
             if bool(keep.any()):
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
             delta = delta.detach()
