@@ -1,12 +1,14 @@
 """Whole processes side by side: ``python -m app evaluate`` against a script looping
 ``torchattacks.PGD`` over the same epsilons, and a job through a real RQ worker.
 
-    .venv/bin/python benchmarks/wholeprocess.py [--repeats 3] [--skip-worker] [--json out.json]
+    .venv/bin/python benchmarks/wholeprocess.py [--repeats 3] [--skip-worker] [--json out.json] [--before DIR]
 
 Case (as benchmarks/run.py B1): the digits CNN, its 360 validation samples, Linf, epsilons
 0..0.15, PGD 50 steps of 0.1 x epsilon with a random start. Both sides run as fresh
 interpreters, one after the other, under the same environment (thread count included);
 each side reports its own attack-only seconds, and the whole process is timed from outside.
+``--before DIR`` (another checkout, e.g. ``git worktree add DIR <commit>``) also times its
+``python -m app evaluate`` and its worker, alternating with this checkout's runs.
 ``rows()`` returns the measurements for benchmarks/run.py; ``main`` prints them.
 """
 
@@ -71,22 +73,27 @@ def make_assets(workdir: Path) -> dict[str, Path]:
     return paths
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+def _env(root: Path) -> dict[str, str]:
+    """This environment (thread counts included), importing ``app`` from ``root``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH", "")]))}
+
+
+def _run(cmd: list[str], env: dict[str, str], root: Path = ROOT) -> tuple[float, str]:
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed ({done.returncode}): {done.stderr[-2000:]}")
     return wall, done.stdout
 
 
-def ours(paths: dict[str, Path], env: dict[str, str], out: Path) -> dict[str, Any]:
-    """``python -m app evaluate`` as a user runs it; its own timing from the output JSON."""
+def ours(paths: dict[str, Path], out: Path, root: Path = ROOT) -> dict[str, Any]:
+    """``python -m app evaluate`` (of the checkout at ``root``) as a user runs it; its own timing from the output JSON."""
     cmd = [sys.executable, "-m", "app", "evaluate", "--trained-model", str(paths["onnx"]), "--dataset", str(paths["data"]),
            "--perturbation-values", ",".join(map(str, EPS)), "--attack", "pgd", "--norm", "linf", "--steps", str(STEPS),
            "--step-size", str(STEP), "--random-start", "--evaluation-mode", "complete", "--preprocessing", "{}",
            "--seed", "0", "--batch-size", "128", "--device", "cpu", "--quiet", "--output", str(out)]  # fmt: skip
-    wall, _ = _run(cmd, env)
+    wall, _ = _run(cmd, _env(root), root)
     output = json.loads(out.read_text())
     return {"wall": wall, **output["timing"], "accuracy": output["sec-curve"]["y-values"], "notes": output["model-notes"]}
 
@@ -106,23 +113,27 @@ def floor(env: dict[str, str]) -> dict[str, float]:
     }
 
 
-def worker_jobs(paths: dict[str, Path], env: dict[str, str], n_jobs: int = 2) -> list[dict[str, Any]]:
+def worker_jobs(paths: dict[str, Path], root: Path = ROOT, n_jobs: int = 2) -> list[dict[str, Any]]:
     """Redis, the API under gunicorn and one RQ worker; ``n_jobs`` evaluations of the same uploaded
-    model one after the other: the first pays the model's conversion, the next ones should not."""
+    model one after the other: the first pays the model's conversion, the next ones should not.
+    The services run from the checkout at ``root``."""
     from app.client import Client
-    from app.demo import start_services, stop, wait_ready
+    from app.demo import stop, wait_ready
     from app.redis_server import RedisServer, free_port
 
     appdata = Path(tempfile.mkdtemp(prefix="secev-wholeprocess-"))
     redis_server = RedisServer(appdata / "redis").start()
     port = free_port()
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        processes = start_services(appdata, redis_server.url, port)
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    env = {**_env(root), "REDIS_URL": redis_server.url, "APPDATA": str(appdata), "BIND": f"127.0.0.1:{port}"}
+    logs = appdata / "logs"
+    logs.mkdir()
+    processes = [
+        subprocess.Popen(cmd, cwd=root, env=env, stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+        for name, cmd in (
+            ("api", [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"]),
+            ("worker", [sys.executable, "worker.py"]),
+        )
+    ]
     rows = []
     try:
         client = Client(f"http://127.0.0.1:{port}")
@@ -136,25 +147,27 @@ def worker_jobs(paths: dict[str, Path], env: dict[str, str], n_jobs: int = 2) ->
             t0 = time.perf_counter()
             job = client.submit({**body, "seed": k})
             output = client.wait(job["job_id"], poll=0.05)
-            rows.append({"job": k + 1, "wall": time.perf_counter() - t0, **output["timing"], "notes": output["model-notes"]})
+            rows.append({"job": k + 1, "wall": time.perf_counter() - t0, **output["timing"]})
     finally:
         stop(processes)
         redis_server.stop()
     return rows
 
 
-def rows(repeats: int = 3, worker: bool = True, workdir: Path | None = None) -> dict[str, Any]:
+def rows(repeats: int = 3, worker: bool = True, workdir: Path | None = None, before: Path | None = None) -> dict[str, Any]:
     """Every measurement of this benchmark; medians over ``repeats`` alternating runs of each side."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="secev-wholeprocess-"))
     paths = make_assets(workdir)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "theirs": []}
+    env = _env(ROOT)
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "theirs": [], "before": []}
     for _ in range(repeats):
-        runs["ours"].append(ours(paths, env, workdir / "out.json"))
+        if before:
+            runs["before"].append(ours(paths, workdir / "out.json", before))
+        runs["ours"].append(ours(paths, workdir / "out.json"))
         runs["theirs"].append(theirs(paths, env))
 
     def med(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[side])
+        return statistics.median(r.get(key, 0.0) for r in runs[side])
 
     result: dict[str, Any] = {
         "threads": env.get("OMP_NUM_THREADS", "default"),
@@ -168,8 +181,13 @@ def rows(repeats: int = 3, worker: bool = True, workdir: Path | None = None) -> 
     result["ratio-attack"] = result["theirs"]["attack-seconds"] / result["ours"]["attack-seconds"]
     result["ours"]["fixed"] = result["ours"]["wall"] - result["ours"]["attack-seconds"]
     result["theirs"]["fixed"] = result["theirs"]["wall"] - result["theirs"]["attack-seconds"]
+    if before:
+        result["before"] = {k: med("before", k) for k in ("wall", "load-seconds", "attack-seconds", "total-seconds")}
+        result["before"]["fixed"] = result["before"]["wall"] - result["before"]["attack-seconds"]
     if worker:
-        result["worker"] = worker_jobs(paths, env)
+        result["worker"] = worker_jobs(paths)
+        if before:
+            result["worker-before"] = worker_jobs(paths, before)
     return result
 
 
@@ -184,16 +202,26 @@ def report(res: dict[str, Any]) -> str:
         f"| `python -m app evaluate` | {o['wall']:.2f} | {o['attack-seconds']:.2f} | {o['fixed']:.2f} "
         f"(load-seconds {o['load-seconds']:.2f}) |",
         f"| torchattacks.PGD loop | {t['wall']:.2f} | {t['attack-seconds']:.2f} | {t['fixed']:.2f} |",
+        *(
+            [
+                f"| `python -m app evaluate`, before | {b['wall']:.2f} | {b['attack-seconds']:.2f} | {b['fixed']:.2f} "
+                f"(load-seconds {b['load-seconds']:.2f}) |"
+            ]
+            if (b := res.get("before"))
+            else []
+        ),
         f"| ratio (theirs / ours) | {res['ratio-wall']:.2f}x | {res['ratio-attack']:.2f}x | |",
         "",
         "Accuracy (%): ours " + " | ".join(f"{100 * v:.1f}" for v in res["accuracy"]["ours"]),
         "; theirs " + " | ".join(f"{100 * v:.1f}" for v in res["accuracy"]["theirs"]),
     ]
-    if res.get("worker"):
-        lines += ["", "| worker job (same model) | submit to output (s) | load-seconds | attack-seconds | conversion |",
+    for label in ("worker-before", "worker"):
+        if not res.get(label):
+            continue
+        lines += ["", f"| {label} job (same model) | submit to output (s) | load-seconds | attack-seconds | conversion |",
                   "|---|---|---|---|---|"]  # fmt: skip
-        for r in res["worker"]:
-            cache = r["notes"].get("conversion-cache", "none")
+        for r in res[label]:
+            cache = r.get("conversion-cache", "none")
             lines.append(f"| {r['job']} | {r['wall']:.2f} | {r['load-seconds']:.2f} | {r['attack-seconds']:.2f} | {cache} |")
     return "\n".join(lines)
 
@@ -203,8 +231,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-worker", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--before", type=Path, help="another checkout to time alongside (e.g. the commit before a change)")
     args = parser.parse_args()
-    res = rows(args.repeats, worker=not args.skip_worker)
+    res = rows(args.repeats, worker=not args.skip_worker, before=args.before)
     print(report(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
