@@ -171,20 +171,24 @@ def _network(path: Path, cache: ConversionCache | None) -> tuple[nn.Module, dict
     if cache is not None:
         try:
             data = path.read_bytes()  # hashed and parsed from this one read: the key names what runs
+        except OSError as exc:
+            raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
+        key = cache_key(data)
+        # No entry is ever stored for a model with external data, so a hit names bytes that hold every weight.
+        entry = cache.get(key)
+        loader, shape = (entry.notes.get("loader"), entry.notes.get("input-shape")) if entry else (None, None)
+        if isinstance(loader, dict) and isinstance(shape, list):
+            network = _onnx2pytorch(onnx.load_model_from_string(entry.graph))
+            if loader.get("batch-1-only"):
+                network = PerSample(network)
+            return network, {**loader, "conversion-cache": "hit"}, shape
+        try:
             proto = onnx.load_model_from_string(data)
         except Exception as exc:
             raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model_tensors(proto)):
             state = {"conversion-cache": "off: external data"}  # its bytes do not name its weights
         else:
-            key = cache_key(data)
-            entry = cache.get(key)
-            if entry is not None:
-                network = _onnx2pytorch(onnx.load_model_from_string(entry.graph))
-                notes = dict(entry.notes["loader"])
-                if notes.get("batch-1-only"):
-                    network = PerSample(network)
-                return network, {**notes, "conversion-cache": "hit"}, entry.notes["input-shape"]
             stripped = strip_softmax(proto)
             shape = input_shape(proto)
             network, notes, rewritten = _normalized(proto)
