@@ -205,3 +205,25 @@ def test_an_operator_that_needs_torchvision_still_converts_and_matches_onnxrunti
         "print(deferred, max(outcome['verification']['max-logit-diff'].values()) <= 1e-4, 'torchvision' in sys.modules)\n"
     )
     assert run_fresh(code) == "True True True"  # deferred, matches onnxruntime, and the real torchvision did the work
+
+
+def test_a_model_with_external_data_is_never_cached_so_new_weights_beside_it_are_used(tmp_path):
+    cache = ConversionCache(tmp_path / "cache")
+    path = tmp_path / "ext" / "m.onnx"
+
+    def save(seed: int) -> None:
+        proto = onnx.load(str(linear(tmp_path / f"plain{seed}.onnx", seed=seed)))
+        (path.parent / "m.data").unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save(proto, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+
+    path.parent.mkdir()
+    save(1)
+    old, notes = load_onnx(path, cache=cache)
+    assert notes["conversion-cache"] == "off: external data" and keys(cache.dir) == []
+    graph_bytes = path.read_bytes()
+    save(2)
+    assert path.read_bytes() == graph_bytes  # the very same graph file (its sha256 too); only the weights beside it changed
+    new, notes = load_onnx(path, cache=cache)
+    assert notes["conversion-cache"] == "off: external data"
+    assert torch.equal(logits(new), logits(load_onnx(tmp_path / "plain2.onnx")[0]))
+    assert not torch.allclose(logits(new), logits(old))
