@@ -85,6 +85,8 @@ class Config:
     key_prefix: str = "secev"
     max_job_disk_mb: int = 0  # per-job cap on checkpoint files (0: only the free space counts)
     max_job_memory_mb: int = 0  # per-job memory budget for a batch (0: what the machine has free)
+    conversion_cache_entries: int = 32  # converted models a worker keeps, by sha256 (0: no cache)
+    conversion_cache_mb: int = 1024  # and their bytes on disk, under APPDATA/cache/conversion
 
     @classmethod
     def from_env(cls) -> Config:
@@ -100,6 +102,8 @@ class Config:
             file_references=_env_switch("FILE_REFERENCES", True),
             max_job_disk_mb=_env_int("MAX_JOB_DISK_MB", 0),
             max_job_memory_mb=_env_int("MAX_JOB_MEMORY_MB", 0),
+            conversion_cache_entries=_env_int("CONVERSION_CACHE_ENTRIES", 32),
+            conversion_cache_mb=_env_int("CONVERSION_CACHE_MB", 1024),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

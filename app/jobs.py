@@ -134,6 +134,7 @@ def model_verification(records: Records, model: dict[str, Any], model_path, data
         summary = (records.file("model", model["id"]) or {}).get("verification")
         if summary is None or "skipped" not in summary:
             return summary  # None: a record from before verification existed
+    from .engine.convcache import worker_cache
     from .engine.verification import require_supported
 
     output_index = request.get("output-index", 0)
@@ -143,7 +144,7 @@ def model_verification(records: Records, model: dict[str, Any], model_path, data
     cached = records.redis.get(key)
     if cached:
         return json.loads(cached)
-    figures = require_supported(model_path, dataset_path, output_index)
+    figures = require_supported(model_path, dataset_path, output_index, worker_cache(Config.from_env()))
     records.redis.set(key, json.dumps(figures), ex=SCAN_TTL)
     return figures
 
@@ -152,6 +153,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ. Failures are recorded on the evaluation, not raised: a bad
     model is the user's to fix, and re-running it would only fail again."""
     from .engine.attacks import StopRequested, is_out_of_memory
+    from .engine.convcache import worker_cache
     from .engine.evaluation import Limits, evaluate
 
     settings = Config.from_env()
@@ -188,6 +190,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
             owns=lease.owns,
             attempt_tag=claim.token,
             limits=Limits(disk_mb=settings.max_job_disk_mb, memory_mb=settings.max_job_memory_mb),
+            conversion_cache=worker_cache(settings),
         )
         if verification is not None:
             output["model-notes"]["verification"] = verification

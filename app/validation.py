@@ -177,9 +177,10 @@ def scanned_path(records: Records, queue: Queue, path: Path, relative: str) -> d
 def _check(kind: str, path: Path) -> dict[str, Any]:
     """The record's update: ``ready`` plus what the check found, or the kind's refusal plus a reason."""
     if kind == "model":
-        from .engine.verification import verify  # torch: in the worker only, never in the API
+        from .engine.convcache import worker_cache  # torch: in the worker only, never in the API
+        from .engine.verification import verify
 
-        return verify(path)
+        return verify(path, cache=worker_cache(Config.from_env()))  # converted once: the evaluations reuse it
     return {"status": "ready", **inspection.inspect_dataset(path, scan=True)}
 
 

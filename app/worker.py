@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 
-# Imported once here so every forked work-horse starts warm (onnx2pytorch alone, with
-# torchvision, costs about 2 s per import); none of these initializes CUDA.
-import onnx2pytorch  # noqa: F401
+# Imported once here so every forked work-horse starts warm; none of these initializes CUDA.
 import torch  # noqa: F401
 from rq import Worker
 from rq.serializers import JSONSerializer
 
 from . import queue as jobqueue
 from .config import Config
-from .engine import evaluation  # noqa: F401
+from .engine import convcache, converter, evaluation, verification  # noqa: F401
 from .extensions import connect
 from .jobs import claimed_token
 from .records import Records
@@ -37,7 +35,15 @@ def make_failure_handler(records: Records):
     return handle
 
 
+def warm_up() -> None:
+    """What every job would otherwise pay again in its fresh work-horse, paid once here: onnx2pytorch
+    (without torchvision, see ``engine.converter``) and the conversion cache's version key. CPU only."""
+    converter.convert_model_class()
+    convcache.converter_version()
+
+
 def main(*, burst: bool = False, name: str | None = None) -> int:
+    warm_up()
     settings = Config.from_env()
     connection = connect(settings, socket_timeout=None)
     records = Records(connection, settings.key_prefix)

@@ -34,6 +34,7 @@ from ..exceptions import EvaluationError
 from . import attacks
 from .attacks.base import Hooks, StopRequested, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
+from .convcache import ConversionCache
 from .data import H5Dataset, select
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
 from .rows import RowFile
@@ -176,11 +177,13 @@ def evaluate(
     owns: Callable[[], bool] | None = None,
     attempt_tag: str = "local",
     limits: Limits | None = None,
+    conversion_cache: ConversionCache | None = None,
 ) -> dict[str, Any]:
     """Run the request's attack over its epsilons and return the output (curve, accuracy, timing).
 
     ``owns`` is asked before every file written to ``work_dir`` (False: raise ``StopRequested``),
-    ``attempt_tag`` names this attempt's own files there, ``limits`` caps disk and memory.
+    ``attempt_tag`` names this attempt's own files there, ``limits`` caps disk and memory,
+    ``conversion_cache`` keeps the model's conversion for the next job (``timing`` says whether it hit).
     """
     t0 = time.perf_counter()
     dev = pick_device(device)
@@ -191,7 +194,10 @@ def evaluate(
         request["preprocessing"] or None,
         layout=request.get("input-layout", "nchw"),
         output_index=request.get("output-index", 0),
+        cache=conversion_cache,
     )
+    cache_state = notes.pop("conversion-cache", None)
+    t_convert = time.perf_counter()
     model = model.to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -261,6 +267,8 @@ def evaluate(
         "resumed": resumed,
         "timing": {
             "load-seconds": round(t_load - t0, 3),
+            "convert-seconds": round(t_convert - t0, 3),
+            **({"conversion-cache": cache_state} if cache_state else {}),
             "attack-seconds": round(time.perf_counter() - t_load, 3),
             "total-seconds": round(time.perf_counter() - t0, 3),
         },

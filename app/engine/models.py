@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from ..exceptions import EvaluationError, InvalidFileError
-from ..onnx_inspection import input_shape
+from ..onnx_inspection import input_shape, model_tensors
 from ..schemas import resolve_layout
-from . import conversion
+from . import conversion, converter
+from .convcache import ConversionCache, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -120,46 +121,101 @@ def batches_work(network: nn.Module, shape: list[int | None], batch: int = 2) ->
     return together.shape == alone.shape and bool(torch.allclose(together, alone, rtol=1e-3, atol=1e-4))
 
 
+def _onnx2pytorch(proto: onnx.ModelProto) -> nn.Module:
+    """onnx2pytorch's module for a graph already through the rewrites; a refusal is the user's ``InvalidFileError``."""
+    convert_model = converter.convert_model_class()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            network = convert_model(proto, experimental=True)
+    except NotImplementedError as exc:
+        raise InvalidFileError(f"the model uses an operator the converter does not support: {exc}") from None
+    except Exception as exc:
+        raise InvalidFileError(f"cannot convert the ONNX model to torch: {type(exc).__name__}: {exc}") from None
+    return network.eval()
+
+
+def _normalized(proto: onnx.ModelProto) -> tuple[nn.Module, dict[str, Any], onnx.ModelProto]:
+    """:func:`convert`, also returning the rewritten graph (what the conversion cache keeps)."""
+    proto, rewrites = conversion.normalize(proto)
+    network = _onnx2pytorch(proto)
+    notes: dict[str, Any] = {"converter": "onnx2pytorch", "rewrites": rewrites}
+    shape = conversion.describe(proto)["shape"]
+    if len(shape) > 1 and all(shape[1:]) and not batches_work(network, shape):
+        network = PerSample(network)
+        notes["batch-1-only"] = True
+    return network, notes, proto
+
+
 def convert(proto: onnx.ModelProto) -> tuple[nn.Module, dict[str, Any]]:
     """Normalize the graph (see :mod:`.conversion`) and convert it through onnx2pytorch.
 
     A network that cannot run at batch > 1 is wrapped to run one sample at a time and noted
     ``batch-1-only``; the probe needs a static input shape (apart from the batch).
     """
-    from onnx2pytorch import ConvertModel
-
-    proto, rewrites = conversion.normalize(proto)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            network = ConvertModel(proto, experimental=True)
-    except NotImplementedError as exc:
-        raise InvalidFileError(f"the model uses an operator the converter does not support: {exc}") from None
-    except Exception as exc:
-        raise InvalidFileError(f"cannot convert the ONNX model to torch: {type(exc).__name__}: {exc}") from None
-    network.eval()
-    notes: dict[str, Any] = {"converter": "onnx2pytorch", "rewrites": rewrites}
-    shape = conversion.describe(proto)["shape"]
-    if len(shape) > 1 and all(shape[1:]) and not batches_work(network, shape):
-        network = PerSample(network)
-        notes["batch-1-only"] = True
+    network, notes, _ = _normalized(proto)
     return network, notes
 
 
-def load_onnx(
-    path: Path, preprocessing: dict[str, list[float]] | None = None, *, layout: str = "nchw", output_index: int = 0
-) -> tuple[Classifier, dict[str, Any]]:
-    """Convert an ONNX file through the conversion pipeline; returns the classifier and notes about it.
-    ``layout`` ``auto`` is resolved from the model's declared input shape."""
+def _read(path: Path) -> onnx.ModelProto:
     try:
-        proto = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:
         raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
+
+
+def _network(path: Path, cache: ConversionCache | None) -> tuple[nn.Module, dict[str, Any], list[Any]]:
+    """The converted network, the loader's notes and the declared input shape; through ``cache``
+    when given (then ``conversion-cache`` in the notes says ``hit``, ``miss`` or why it was ``off``)."""
+    state: dict[str, str] = {}
+    if cache is not None:
+        try:
+            data = path.read_bytes()  # hashed and parsed from this one read: the key names what runs
+        except OSError as exc:
+            raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
+        key = cache_key(data)
+        # No entry is ever stored for a model with external data, so a hit names bytes that hold every weight.
+        entry = cache.get(key)
+        loader, shape = (entry.notes.get("loader"), entry.notes.get("input-shape")) if entry else (None, None)
+        if isinstance(loader, dict) and isinstance(shape, list):
+            network = _onnx2pytorch(onnx.load_model_from_string(entry.graph))
+            if loader.get("batch-1-only"):
+                network = PerSample(network)
+            return network, {**loader, "conversion-cache": "hit"}, shape
+        try:
+            proto = onnx.load_model_from_string(data)
+        except Exception as exc:
+            raise InvalidFileError(f"cannot read the ONNX model: {type(exc).__name__}") from None
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model_tensors(proto)):
+            state = {"conversion-cache": "off: external data"}  # its bytes do not name its weights
+        else:
+            stripped = strip_softmax(proto)
+            shape = input_shape(proto)
+            network, notes, rewritten = _normalized(proto)
+            notes = {"softmax-removed": stripped, **notes}
+            cache.put(key, rewritten.SerializeToString(), {"loader": notes, "input-shape": shape})
+            return network, {**notes, "conversion-cache": "miss"}, shape
+    proto = _read(path)  # external data beside the file, as onnx reads it
     stripped = strip_softmax(proto)
     network, notes = convert(proto)
-    layout = resolve_layout(layout, input_shape(proto))
+    return network, {"softmax-removed": stripped, **notes, **state}, input_shape(proto)
+
+
+def load_onnx(
+    path: Path,
+    preprocessing: dict[str, list[float]] | None = None,
+    *,
+    layout: str = "nchw",
+    output_index: int = 0,
+    cache: ConversionCache | None = None,
+) -> tuple[Classifier, dict[str, Any]]:
+    """Convert an ONNX file through the conversion pipeline (or take the rewritten graph from
+    ``cache``); returns the classifier and notes about it. ``layout`` ``auto`` is resolved from
+    the model's declared input shape."""
+    network, notes, shape = _network(Path(path), cache)
+    layout = resolve_layout(layout, shape)
     classifier = Classifier(network, preprocessing, layout=layout, output_index=output_index)
-    return classifier, {"softmax-removed": stripped, **notes, "input-layout": layout, "output-index": output_index}
+    return classifier, {**notes, "input-layout": layout, "output-index": output_index}
 
 
 class LogProbabilities(nn.Module):

@@ -33,6 +33,7 @@ from rq.timeouts import JobTimeoutException
 
 from ..exceptions import EvaluationError, ServiceError
 from ..onnx_inspection import graph_inputs, input_shape
+from .convcache import ConversionCache
 from .models import load_onnx, strip_softmax
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,11 @@ def _gradient(model: torch.nn.Module, x: np.ndarray) -> str:
     return "ok"
 
 
-def check(path: Path, sample_shape: list[int] | None = None, output_index: int = 0) -> dict[str, Any]:
-    """Verify the model at ``path`` on its declared input shape, or on ``sample_shape`` (a dataset's).
+def check(
+    path: Path, sample_shape: list[int] | None = None, output_index: int = 0, cache: ConversionCache | None = None
+) -> dict[str, Any]:
+    """Verify the model at ``path`` on its declared input shape, or on ``sample_shape`` (a dataset's);
+    converted through ``cache`` when given, so the evaluations that follow find the conversion done.
 
     Returns the verification figures (``skipped`` when the declared shape has symbolic sample
     dimensions and none was given); raises :class:`Unsupported` with the reason otherwise.
@@ -174,7 +178,7 @@ def check(path: Path, sample_shape: list[int] | None = None, output_index: int =
     except ValueError as exc:
         return {"skipped": str(exc)}
     try:
-        model, notes = load_onnx(path, None, output_index=output_index)
+        model, notes = load_onnx(path, None, output_index=output_index, cache=cache)
     except ServiceError as exc:
         raise Unsupported(operator_reason(exc.message)) from None
     except NotImplementedError as exc:  # a converter raising past the loader's own handling
@@ -210,14 +214,16 @@ def check(path: Path, sample_shape: list[int] | None = None, output_index: int =
     return figures
 
 
-def verify(path: Path, sample_shape: list[int] | None = None, output_index: int = 0) -> dict[str, Any]:
+def verify(
+    path: Path, sample_shape: list[int] | None = None, output_index: int = 0, cache: ConversionCache | None = None
+) -> dict[str, Any]:
     """``{"status": "ready", "verification": ...}`` or ``{"status": "unsupported", "reason": ...}``.
 
     Every failure the model causes becomes ``unsupported``; only the job's time limit and
     memory exhaustion pass through, for the job's shared handling.
     """
     try:
-        return {"status": "ready", "verification": check(path, sample_shape, output_index)}
+        return {"status": "ready", "verification": check(path, sample_shape, output_index, cache)}
     except Unsupported as exc:
         return {"status": "unsupported", "reason": exc.reason}
     except (JobTimeoutException, MemoryError):
@@ -229,7 +235,9 @@ def verify(path: Path, sample_shape: list[int] | None = None, output_index: int 
         return {"status": "unsupported", "reason": f"the converted model fails: {type(exc).__name__}: {exc}"[:500]}
 
 
-def require_supported(path: Path, dataset_path: Path, output_index: int = 0) -> dict[str, Any]:
+def require_supported(
+    path: Path, dataset_path: Path, output_index: int = 0, cache: ConversionCache | None = None
+) -> dict[str, Any]:
     """Verify a model on the dataset's sample shape before an evaluation attacks it (a model
     named by path has no record, and one with symbolic input dimensions had nothing to probe at
     upload). Returns the figures; an unsupported model raises :class:`EvaluationError`."""
@@ -244,7 +252,7 @@ def require_supported(path: Path, dataset_path: Path, output_index: int = 0) -> 
             f"the model's input is declared as {['N', *declared]} but the dataset's samples are {shape}",
             details={"model-input": declared, "samples": shape},
         )
-    outcome = verify(path, shape, output_index)
+    outcome = verify(path, shape, output_index, cache)
     if outcome["status"] != "ready":
         raise EvaluationError(
             f"the model is unsupported: {outcome['reason']}", details={"status": "unsupported", "reason": outcome["reason"]}
