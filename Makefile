@@ -36,8 +36,11 @@ $(VENV)/.bench: benchmarks/requirements.txt $(VENV)/.runtime
 	$(BIN)/pip install --disable-pip-version-check -q -r benchmarks/requirements.txt
 	touch $@
 
-bench: $(VENV)/.bench  ## side-by-side benchmarks; writes benchmarks/RESULTS.md
-	$(BIN)/python benchmarks/run.py
+# One torch thread per process by default: on a shared machine, two threads per process wait on
+# each other's cores (measured: a small convolution 100x slower), which no comparison survives.
+BENCH_THREADS ?= 1
+bench: $(VENV)/.bench  ## side-by-side benchmarks (about 40 minutes on two CPU cores); writes benchmarks/RESULTS.md
+	OMP_NUM_THREADS=$(BENCH_THREADS) $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # LARGE_MODEL=mobilenet_v3_small is the realistic model (about an hour on two CPU cores; minutes on a GPU)
 LARGE_MODEL ?= small-cnn

@@ -45,12 +45,14 @@ class APGD(Attack):
         restarts: int = 1,
         loss: str = "ce+dlr-targeted",
         n_target_classes: int = 9,
+        first_target: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(norm=norm, **kwargs)
         if any(part not in LOSSES for part in loss.split("+")):
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, or several joined by '+'")
         self.steps, self.restarts, self.loss, self.n_target_classes = steps, restarts, loss, n_target_classes
+        self.first_target = first_target  # targeted DLR skips the classes ranked above this one (``auto`` runs them already)
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": self.steps, "restarts": self.restarts, "loss": self.loss}
@@ -62,8 +64,10 @@ class APGD(Attack):
         best = Best(init if init is not None else torch.zeros_like(x))
         with torch.no_grad():
             clean_logits = ctx.logits(x)
-        for loss_name in self.loss.split("+"):
-            self.stage(ctx, x, y, eps, init, best, loss_name, clean_logits)
+        for i, loss_name in enumerate(self.loss.split("+")):
+            # Only the first loss starts from the warm start: the later ones start from random points, as
+            # AutoAttack's do, so a warm start that leads nowhere is not followed by every loss.
+            self.stage(ctx, x, y, eps, init if i == 0 else None, best, loss_name, clean_logits)
         return best.delta, best.success
 
     def stage(self, ctx: Context, x, y, eps: float, init, best: Best, loss_name: str, clean_logits: torch.Tensor) -> None:
@@ -74,7 +78,7 @@ class APGD(Attack):
             loss_name = "ce"  # DLR's denominator needs that many classes
         elif loss_name == "dlr-targeted":
             ranked = clean_logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
-            targets = [ranked[:, t] for t in range(min(self.n_target_classes, n_classes - 1))]
+            targets = [ranked[:, t] for t in range(self.first_target, min(self.n_target_classes, n_classes - 1))]
         loss_fn = LOSSES[loss_name]
         for target in targets:
             for restart in range(self.restarts):
