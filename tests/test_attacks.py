@@ -11,7 +11,7 @@ from app import schemas
 from app.engine.assets import export_onnx
 from app.engine.attacks import ATTACKS, ArraySource, build
 from app.engine.attacks.apgd import checkpoints
-from app.engine.attacks.base import lp_norm
+from app.engine.attacks.base import Context, lp_norm
 from app.engine.models import load_onnx
 
 SMALL = {
@@ -154,3 +154,29 @@ def test_api_defaults_match_the_attack_classes():
         attack = build(name, norm="linf", params=params)
         assert isinstance(attack, ATTACKS[name])
         assert repr(attack).startswith(type(attack).__name__ + "(norm='linf'")
+
+
+class Corner(nn.Module):
+    """Two classes over 100 inputs: class 1 once the inputs sum past ``need``, so only points near one
+    corner of the L-inf ball around zero are adversarial."""
+
+    def __init__(self, need: float) -> None:
+        super().__init__()
+        self.need = need
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(s), s - self.need], dim=1)
+
+
+def test_a_warm_start_that_fails_is_followed_by_a_fresh_random_start():
+    # From the opposite corner, 6 steps of 0.25 epsilon reach only half-way (sum 50 eps, needed 90);
+    # from a random point of the ball they reach the corner for most inputs (expected sum about 94 eps).
+    eps = 0.1
+    attack = build("pgd", norm="linf", params={"steps": 6, "step-size": 0.25, "random-start": True, "restarts": 1})
+    x, y = torch.zeros(1, 1, 10, 10), torch.zeros(1, dtype=torch.long)
+    ctx = Context(Corner(90 * eps), WIDE, torch.Generator().manual_seed(0), autocast=False)
+    trap = torch.full_like(x, -eps)
+    delta, found = attack.perturb(ctx, x, y, eps, trap)
+    assert bool(found[0]), "a warm start in the wrong corner must not be the sample's only chance"
+    assert float(delta.sum()) > 90 * eps and float(delta.abs().max()) <= eps + 1e-6
