@@ -85,6 +85,7 @@ class Config:
     key_prefix: str = "secev"
     max_job_disk_mb: int = 0  # per-job cap on checkpoint files (0: only the free space counts)
     max_job_memory_mb: int = 0  # per-job memory budget for a batch (0: what the machine has free)
+    max_shards: int = 4  # the most shards one evaluation is split into (app.shards); 1: never shard
 
     @classmethod
     def from_env(cls) -> Config:
@@ -100,6 +101,7 @@ class Config:
             file_references=_env_switch("FILE_REFERENCES", True),
             max_job_disk_mb=_env_int("MAX_JOB_DISK_MB", 0),
             max_job_memory_mb=_env_int("MAX_JOB_MEMORY_MB", 0),
+            max_shards=max(1, _env_int("MAX_SHARDS", 4)),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:
