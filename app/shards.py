@@ -129,7 +129,12 @@ def overview(records: Records, rec: dict[str, Any]) -> dict[str, Any]:
         rows = pipe.execute()
     statuses = [s.decode() if s else "deleted" for s, _, _ in rows]
     done = sum(int(d or 0) for _, d, _ in rows)
-    total = sum(int(t or 0) for _, _, t in rows)
+    totals = [int(t or 0) for _, _, t in rows]
+    sizes = [stop - start for start, stop in info["ranges"]]
+    # A shard not started yet reports no total: count it at the per-sample rate of one that did,
+    # so the total is fixed from the first report on and ``done`` only grows towards it.
+    rate = max((t / n for t, n in zip(totals, sizes) if t and n), default=0)
+    total = sum(t or round(rate * n) for t, n in zip(totals, sizes))
     if rec["job-status"] == "finished":
         done = total = max(total, rec["progress"]["total"])
     summary = {"count": info["count"], "shard-size": info["shard-size"]}
