@@ -38,8 +38,11 @@ def build_assets(files: Path, n_samples: int) -> None:
     write_h5(files / "big.h5", np.tile(xva, (reps, 1, 1, 1))[:n_samples], np.tile(yva, reps)[:n_samples], n_classes=10)
 
 
-def start_workers(n: int, redis_url: str, appdata: Path, queue: str, tag: str) -> list[subprocess.Popen]:
+def start_workers(n: int, redis_url: str, appdata: Path, queue: str, tag: str, threads: int = 0) -> list[subprocess.Popen]:
+    """``n`` real workers; ``threads`` > 0 caps each work-horse's torch threads (OMP_NUM_THREADS)."""
     env = {**os.environ, "REDIS_URL": redis_url, "APPDATA": str(appdata), "QUEUE_NAME": queue, "PYTHONPATH": str(ROOT)}
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
     names = [f"bench-{tag}-{i}" for i in range(n)]
     procs = [
         subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--log-level", "WARNING", "--name", name], cwd=ROOT, env=env)
@@ -70,7 +73,9 @@ def run_once(client, body: dict[str, Any], timeout: float = 3600) -> tuple[float
     return wall, client.get(f"/api/security_evaluations/{job_id}/output").get_json()
 
 
-def rows(samples: int = 2048, steps: int = 20, workers: tuple[int, ...] = (1, 2), shard_size: int = 1024) -> list[dict[str, Any]]:
+def rows(
+    samples: int = 2048, steps: int = 20, workers: tuple[int, ...] = (1, 2), shard_size: int = 1024, threads: int = 0
+) -> list[dict[str, Any]]:
     """One row per (worker count, shards): wall seconds from submit to finished, and the curve check."""
     from app import create_app
     from app.redis_server import RedisServer
@@ -97,7 +102,7 @@ def rows(samples: int = 2048, steps: int = 20, workers: tuple[int, ...] = (1, 2)
             for n in workers:
                 queue = f"bench-{n}"
                 client = create_app({"redis_url": server.url, "appdata": str(appdata), "queue_name": queue}).test_client()
-                procs = start_workers(n, server.url, appdata, queue, f"{n}-{os.getpid()}")
+                procs = start_workers(n, server.url, appdata, queue, f"{n}-{os.getpid()}", threads)
                 try:
                     for count in (1, shards) if n == workers[0] else (shards,):
                         wall, result = run_once(client, {**body, "shards": count})
@@ -105,6 +110,7 @@ def rows(samples: int = 2048, steps: int = 20, workers: tuple[int, ...] = (1, 2)
                         out.append(
                             {
                                 "workers": n,
+                                "threads": threads or "default",
                                 "shards": result.get("shards", {}).get("count", 1),
                                 "samples": result["n-samples"],
                                 "wall-seconds": round(wall, 2),
@@ -124,19 +130,23 @@ def rows(samples: int = 2048, steps: int = 20, workers: tuple[int, ...] = (1, 2)
 
 
 def table(results: list[dict[str, Any]], steps: int) -> str:
-    base = {r["shards"]: r["wall-seconds"] for r in results if r["workers"] == min(r["workers"] for r in results)}
+    """The rows as a markdown table (speed-ups against the first worker count's runs)."""
+    first = min(r["workers"] for r in results)
+    base = {r["shards"]: r["wall-seconds"] for r in results if r["workers"] == first}
     lines = [
         f"PGD ({steps} steps, 5 epsilons) on the demo CNN, {results[0]['samples']} samples; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work while measured).",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work while measured), "
+        f"torch threads per work-horse: {results[0]['threads']}.",
         "",
-        "| workers | shards | wall s (submit to finished) | speed-up vs 1 worker, same shards | compute s (sum over shards) | curve = unsharded |",
-        "|---:|---:|---:|---:|---:|:---:|",
+        f"| workers | shards | wall s (submit to finished) | vs unsharded on {first} | vs {first} worker(s), same shards "
+        "| compute s (sum over shards) | curve = unsharded |",
+        "|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in results:
-        speed = base[r["shards"]] / r["wall-seconds"] if r["wall-seconds"] else 0
+        wall = r["wall-seconds"] or float("nan")
         lines.append(
-            f"| {r['workers']} | {r['shards']} | {r['wall-seconds']:.1f} | {speed:.2f}x | {r['compute-seconds']:.1f} | "
-            f"{'yes' if r['same-curve'] else 'NO'} |"
+            f"| {r['workers']} | {r['shards']} | {wall:.1f} | {base.get(1, wall) / wall:.2f}x | {base[r['shards']] / wall:.2f}x "
+            f"| {r['compute-seconds']:.1f} | {'yes' if r['same-curve'] else 'NO'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -147,9 +157,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per work-horse (0: torch's default)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "SHARDS.md")
     args = ap.parse_args()
-    results = rows(args.samples, args.steps, tuple(args.workers), args.shard_size)
+    results = rows(args.samples, args.steps, tuple(args.workers), args.shard_size, args.threads)
     text = "# One evaluation over several workers\n\n" + table(results, args.steps)
     args.out.write_text(text)
     print(text)

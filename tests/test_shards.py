@@ -196,3 +196,20 @@ def test_a_sweep_over_shards_equals_the_sweep_over_the_whole_selection(assets, t
     assert whole["n-samples"] == 120
     for name in one:
         assert np.array_equal(np.concatenate([p[name] for p in parts]), one[name], equal_nan=True), name
+
+
+def test_a_failed_shard_fails_its_parent_with_the_shards_error(settings, redis_server, appdata, assets):
+    from app import create_app
+
+    queue = f"short-shards-{uuid.uuid4().hex[:8]}"
+    client = create_app({**settings, "job_timeout": 2, "queue_name": queue}).test_client()
+    worker = start_worker(redis_server.url, appdata, name=f"w-{queue}", QUEUE_NAME=queue)
+    try:
+        sharded = submit(client, {**SLOW, "shards": 2})
+        status = wait_status(client, sharded, timeout=120)
+        assert status["job-status"] == "failed", status
+        assert status["error"].startswith("shard ") and "job timeout (2 s" in status["error"], status["error"]
+        assert client.get(f"/api/security_evaluations/{sharded}/output").status_code == 303  # no output
+        assert not redis.Redis.from_url(redis_server.url).exists(f"secev:result:{sharded}")
+    finally:
+        stop_process(worker)
