@@ -87,6 +87,7 @@ class Config:
     max_job_memory_mb: int = 0  # per-job memory budget for a batch (0: what the machine has free)
     conversion_cache_entries: int = 32  # converted models a worker keeps, by sha256 (0: no cache)
     conversion_cache_mb: int = 1024  # and their bytes on disk, under APPDATA/cache/conversion
+    max_shards: int = 4  # the most shards one evaluation is split into (app.shards); 1: never shard
 
     @classmethod
     def from_env(cls) -> Config:
@@ -104,6 +105,7 @@ class Config:
             max_job_memory_mb=_env_int("MAX_JOB_MEMORY_MB", 0),
             conversion_cache_entries=_env_int("CONVERSION_CACHE_ENTRIES", 32),
             conversion_cache_mb=_env_int("CONVERSION_CACHE_MB", 1024),
+            max_shards=max(1, _env_int("MAX_SHARDS", 4)),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

@@ -27,6 +27,7 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from . import shards
 from .config import Config
 from .exceptions import ServiceError
 from .extensions import connect
@@ -169,12 +170,15 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
 
     def fail(message: str, details: Any = None) -> None:
         details = scrub_details(details, storage.root) if details is not None else ""
-        records.set_status(job_id, "failed", token=claim.token, error=scrub(message, storage.root), details=details)
+        message = scrub(message, storage.root)
+        if records.set_status(job_id, "failed", token=claim.token, error=message, details=details) and rec:
+            shards.fail_parent(records, rec, message, details)
 
     stale = False
     try:
         if rec is None:
             return None
+        shards.mark_started(records, rec)
         resolved = rec["resolved"]
         scope = file_scope(rec["owner"], bool(settings.api_keys))
         model_path = storage.job_input(resolved["model"], scope, settings.file_references, what="model")

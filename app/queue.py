@@ -1,7 +1,9 @@
 """The job queue: RQ with its JSON serializer, jobs named by dotted path.
 
 The API enqueues ``app.jobs.run_evaluation`` by name with the evaluation id as
-its only argument, so the HTTP process never imports worker code (or torch).
+its only argument, so the HTTP process never imports worker code (or torch). A
+sharded evaluation's shards are such jobs too, and its merge (``app.merge.merge_shards``,
+under the parent's id) waits for them through RQ's own job dependencies.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import redis
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Dependency, Job, JobStatus
 from rq.serializers import JSONSerializer
 
 JOB_FUNCTION = "app.jobs.run_evaluation"
+MERGE_FUNCTION = "app.merge.merge_shards"
+# An RQ job in one of these is still to run (or running).
+WAITING_STATUSES = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)}
 
 
 def get_queue(connection: redis.Redis, name: str) -> Queue:
@@ -30,6 +35,30 @@ def enqueue_evaluation(queue: Queue, job_id: str, timeout: int) -> Job:
         failure_ttl=7 * 24 * 3600,
         description=f"security evaluation {job_id}",
     )
+
+
+def enqueue_merge(queue: Queue, parent_id: str, shard_ids: list[str], timeout: int) -> Job:
+    """The merge of a sharded evaluation, under the parent's id: RQ keeps it deferred until every
+    shard's job has finished. A shard job deleted after its success (``result_ttl=0``) counts as
+    met; the merge itself checks the shards' records and merges only when all finished."""
+    return queue.enqueue(
+        MERGE_FUNCTION,
+        parent_id,
+        job_id=parent_id,
+        depends_on=Dependency(jobs=shard_ids),
+        job_timeout=timeout,
+        result_ttl=0,
+        failure_ttl=7 * 24 * 3600,
+        description=f"merge of sharded security evaluation {parent_id}",
+    )
+
+
+def rewire_merge(connection: redis.Redis, parent_id: str) -> None:
+    """Register a deferred merge again as a dependent of its shards. Re-queueing a shard deletes its
+    old RQ job and, with it, the set of jobs waiting on it; the new job has the same id."""
+    job = fetch_job(connection, parent_id)
+    if job is not None and job.get_status(refresh=True) == JobStatus.DEFERRED:
+        job.register_dependency()
 
 
 def fetch_job(connection: redis.Redis, job_id: str) -> Job | None:

@@ -3,7 +3,8 @@
 Key layout (prefix ``secev`` by default; nothing but the scan cache expires)::
 
     secev:evaluation:<id>    hash   status, owner, request (JSON), created/started/ended
-                                    timestamps, error, details, progress-done/-total, attempt
+                                    timestamps, error, details, progress-done/-total, attempt;
+                                    a sharded one's ``shards`` (JSON), a shard's ``parent`` id
     secev:evaluations:by-owner:<tenant>  zset  that tenant's evaluation ids scored by creation time
     secev:active             set    ids of evaluations that are queued or started
     secev:active:by-owner:<tenant>       set   the same, one tenant's (the MAX_CONCURRENT_JOBS count)
@@ -125,10 +126,12 @@ class Records:
         return self.key(what, "by-owner", owner)
 
     # -- evaluations ---------------------------------------------------------
-    def create_evaluation(self, request: dict[str, Any], owner: str, extra: dict[str, Any], limit: int = 0) -> str:
+    def create_evaluation(
+        self, request: dict[str, Any], owner: str, extra: dict[str, Any], limit: int = 0, more: dict[str, Any] | None = None
+    ) -> str:
         """Store a queued evaluation and return its id. With ``limit`` > 0, refuse it
         (``QuotaExceededError``) when the owner already has that many unfinished, atomically:
-        concurrent submits cannot exceed it. Works on a pipeline too (with no limit)."""
+        concurrent submits cannot exceed it. ``more``: further fields (a sharded one's ``shards``)."""
         job_id = str(uuid.uuid4())
         created = now()
         fields = {
@@ -140,6 +143,7 @@ class Records:
             "progress-done": 0,
             "progress-total": 0,
             "attempt": 0,
+            **(more or {}),
         }
         keys = [
             self.key("evaluation", job_id),
@@ -185,6 +189,10 @@ class Records:
         }
         for name in ("created_at", "started_at", "ended_at"):
             out[name] = float(rec[name]) if rec.get(name) else None
+        if rec.get("parent"):  # a shard of a sharded evaluation (``app.shards``)
+            out["parent"] = rec["parent"]
+        if rec.get("shards"):
+            out["shards"] = json.loads(rec["shards"])
         if rec.get("error"):
             out["error"] = rec["error"]
             if rec.get("details"):

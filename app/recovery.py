@@ -19,9 +19,9 @@ import os
 import threading
 
 from rq import Queue
-from rq.job import JobStatus
 
 from . import queue as jobqueue
+from . import shards
 from .records import Records, now
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 GRACE = float(os.environ.get("RECOVERY_GRACE") or 3.0)  # seconds a fresh record may lack its lease or its RQ job
 INTERVAL = float(os.environ.get("RECOVERY_INTERVAL") or 2.0)
-WAITING = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)}
+WAITING = jobqueue.WAITING_STATUSES
 
 
 def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: int) -> None:
@@ -40,7 +40,9 @@ def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: i
     if not records.redis.set(records.key("recover", job_id, str(rec["attempt"])), "1", nx=True, ex=60):
         return
     if rec["attempt"] >= MAX_ATTEMPTS:
-        records.set_status(job_id, "failed", error=f"{reason}; gave up after {rec['attempt']} attempts")
+        error = f"{reason}; gave up after {rec['attempt']} attempts"
+        if records.set_status(job_id, "failed", error=error):
+            shards.fail_parent(records, rec, error)
         return
     # Only from the status the sweep saw (the job may have finished meanwhile); this revokes the
     # running attempt's token, so a stalled work-horse that wakes up writes nothing more.
@@ -51,6 +53,8 @@ def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: i
     if old is not None:
         old.delete(remove_from_queue=True)
     jobqueue.enqueue_evaluation(queue, job_id, timeout)
+    if rec.get("parent"):  # a shard: its parent's merge waits on the new job (same id) again
+        jobqueue.rewire_merge(records.redis, rec["parent"])
 
 
 def sweep_once(records: Records, queue: Queue, timeout: int) -> int:
@@ -62,19 +66,21 @@ def sweep_once(records: Records, queue: Queue, timeout: int) -> int:
     r = records.redis
     with r.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hmget(records.key("evaluation", job_id), "status", "started_at", "created_at")
+            pipe.hmget(records.key("evaluation", job_id), "status", "started_at", "created_at", "shards")
             pipe.exists(records.key("lease", job_id))
             pipe.hget(f"rq:job:{job_id}", "status")
         replies = pipe.execute()
     count = 0
     t = now()
     for i, job_id in enumerate(ids):
-        (status, started_at, created_at), leased, rq_status = replies[3 * i : 3 * i + 3]
+        (status, started_at, created_at, sharded), leased, rq_status = replies[3 * i : 3 * i + 3]
         if status is None:
             r.srem(records.key("active"), job_id)
             continue
         status = status.decode()
-        if status == "started" and not leased and t - float(started_at or t) > GRACE:
+        if sharded:  # a sharded evaluation runs no job of its own but its merge
+            shards.settle(records, queue, job_id, GRACE, timeout)
+        elif status == "started" and not leased and t - float(started_at or t) > GRACE:
             requeue(records, queue, job_id, "its worker stopped while running it", timeout)
             count += 1
         elif status == "queued" and t - float(created_at or t) > GRACE:

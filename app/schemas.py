@@ -26,6 +26,11 @@ MAX_INDEXES = 10_000
 MAX_CHANNELS = 16
 MAX_REFERENCE_CHARS = 1024
 LAYOUTS = ("auto", "nchw", "nhwc")
+# Sharding (``app.shards``): batches never straddle a block of SHARD_SIZE samples, so a shard of whole
+# blocks computes what the unsharded run computes for its samples.
+SHARD_SIZE = 1024
+MIN_SHARD_SIZE = 16
+MAX_SHARD_SIZE = 10**7
 MAX_OUTPUT_INDEX = 1023  # below onnx_inspection.MAX_MODEL_OUTPUTS
 
 # Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon).
@@ -57,6 +62,8 @@ REQUEST_FIELDS = (
     "seed",
     "input-layout",
     "output-index",
+    "shards",
+    "shard-size",
 )
 
 
@@ -179,7 +186,19 @@ def preprocessing(raw: Any, missing: bool) -> dict[str, list[float]]:
     return {"mean": mean, "std": std}
 
 
-def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
+def sharding(body: dict[str, Any], mode: str, max_shards: int) -> tuple[int | str, int]:
+    """``shards`` ("auto" or 1..max_shards; ``fast`` runs unsharded) and ``shard-size`` (samples per block)."""
+    shards = body.get("shards", "auto")
+    if shards != "auto":
+        if isinstance(shards, str):
+            raise _fail("shards", f"expected 'auto' or an integer, got {_show(shards)}")
+        shards = _integer("shards", shards, 1, max(1, max_shards))
+        if shards > 1 and mode == "fast":
+            raise _fail("shards", f"evaluation-mode 'fast' runs at most {FAST_MODE_SAMPLES} samples in one job; use 1 or 'auto'")
+    return shards, _integer("shard-size", body.get("shard-size", SHARD_SIZE), MIN_SHARD_SIZE, MAX_SHARD_SIZE)
+
+
+def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) -> dict[str, Any]:
     """Validate a request body and return it normalized, with every default filled in."""
     if not isinstance(body, dict):
         raise ValidationError("request body must be a JSON object")
@@ -225,6 +244,7 @@ def evaluation_request(body: Any, *, max_values: int = 50) -> dict[str, Any]:
     req["seed"] = _integer("seed", body.get("seed", 0), 0, 2**31 - 1)
     req["input-layout"] = _choice("input-layout", body.get("input-layout", "auto"), LAYOUTS)
     req["output-index"] = _integer("output-index", body.get("output-index", 0), 0, MAX_OUTPUT_INDEX)
+    req["shards"], req["shard-size"] = sharding(body, req["evaluation-mode"], max_shards)
     return req
 
 

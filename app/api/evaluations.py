@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, redirect, request, url_for
 
-from .. import auth, schemas, validation
+from .. import auth, schemas, shards, validation
 from .. import queue as jobqueue
 from ..exceptions import InvalidFileError, NotFoundError, ServiceError, ValidationError
 from ..extensions import get_queue, get_records, get_redis, get_settings, get_storage
@@ -89,6 +89,7 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
 
 
 def status_view(rec: dict[str, Any]) -> dict[str, Any]:
+    rec = shards.overview(get_records(), rec)
     view = {k: v for k, v in rec.items() if k not in ("owner", "resolved", "attempt")}
     view["links"] = {
         "self": url_for("evaluations.get_one", job_id=rec["job_id"], _external=True),
@@ -99,7 +100,7 @@ def status_view(rec: dict[str, Any]) -> dict[str, Any]:
 
 def owned_evaluation(job_id: str) -> dict[str, Any]:
     rec = get_records().evaluation(job_id) if UUID_RE.fullmatch(job_id) else None
-    if rec is None:
+    if rec is None or rec.get("parent"):  # a shard is part of its parent, never addressed alone
         raise NotFoundError(f"no security evaluation with id {job_id!r}")
     auth.check_owner(rec["owner"], "security evaluation")
     return rec
@@ -109,7 +110,7 @@ def owned_evaluation(job_id: str) -> dict[str, Any]:
 def submit():
     body = json_object()
     settings = get_settings()
-    req = schemas.evaluation_request(body, max_values=settings.max_perturbation_values)
+    req = schemas.evaluation_request(body, max_values=settings.max_perturbation_values, max_shards=settings.max_shards)
     model = resolve_reference("trained-model", req["trained-model"])
     dataset = resolve_reference("dataset", req["dataset"])
     req = schemas.bind_to_files(req, model["info"], dataset["info"])
@@ -120,13 +121,19 @@ def submit():
         "model-ends-with-softmax": model["info"].get("ends-with-softmax", False),
     }
     records = get_records()
+    ranges = shards.plan(req, shards.selection_size(req, dataset["info"]["n-samples"]), settings.max_shards)
+    req = {**req, "shards": len(ranges)}  # the stored request says how many ran
     # Counted and created in one atomic step: concurrent submits cannot exceed the limit (429).
-    job_id = records.create_evaluation(req, auth.tenant(), resolved, limit=settings.max_concurrent_jobs)
-    try:
-        jobqueue.enqueue_evaluation(get_queue(), job_id, settings.job_timeout)
-    except Exception:
-        records.delete_evaluation(job_id)
-        raise
+    if len(ranges) > 1:
+        limits = {"limit": settings.max_concurrent_jobs, "timeout": settings.job_timeout}
+        job_id = shards.submit(records, get_queue(), req, auth.tenant(), resolved, ranges, **limits)
+    else:
+        job_id = records.create_evaluation(req, auth.tenant(), resolved, limit=settings.max_concurrent_jobs)
+        try:
+            jobqueue.enqueue_evaluation(get_queue(), job_id, settings.job_timeout)
+        except Exception:
+            records.delete_evaluation(job_id)
+            raise
     location = url_for("evaluations.get_one", job_id=job_id, _external=True)
     response = jsonify({"job_id": job_id, "job-status": "queued", "links": {"self": location}})
     response.status_code = 202
@@ -165,8 +172,10 @@ def output(job_id: str):
 def delete(job_id: str):
     rec = owned_evaluation(job_id)
     records = get_records()
-    # Delete the record first: a running job checks for it and stops writing.
+    # Delete the record first: a running job checks for it and stops writing (a merge finds no parent).
     records.delete_evaluation(job_id)
+    if rec.get("shards"):
+        shards.delete(records, get_storage(), rec)
     jobqueue.stop_job(get_redis(), job_id)
     get_storage().remove_job_dir(job_id)
     return jsonify({"job_id": job_id, "deleted": True, "was": rec["job-status"]})

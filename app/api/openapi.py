@@ -56,6 +56,9 @@ EVALUATION_REQUEST = {
         "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
         "input-layout": {"type": "string", "enum": list(schemas.LAYOUTS)},
         "output-index": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_OUTPUT_INDEX},
+        # The maximum is the service's MAX_SHARDS (400 above it); "fast" takes 1 or "auto" only.
+        "shards": {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "integer", "minimum": 1}]},
+        "shard-size": {"type": "integer", "minimum": schemas.MIN_SHARD_SIZE, "maximum": schemas.MAX_SHARD_SIZE},
     },
 }
 

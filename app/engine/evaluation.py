@@ -203,6 +203,9 @@ def evaluate(
         model = model.to(memory_format=torch.channels_last)
     with H5Dataset(dataset_path) as data, contextlib.ExitStack() as scratch:
         indexes = select(data.labels, request["evaluation-mode"], request["indexes"])
+        shard = request.get("shard")
+        if shard:  # one shard of a sharded evaluation: its range of the selection (``app.shards``)
+            indexes = indexes[shard["start"] : shard["stop"]]
         source = SubsetSource(data, indexes)
         model, notes = _check_model(model, source, data.n_classes, dev, notes)
         lb, ub = request["input-bounds"]
@@ -215,6 +218,7 @@ def evaluate(
             seed=request["seed"],
             batch_size=request["batch-size"],
         )
+        attack.block, attack.offset = request.get("shard-size", 0), shard["start"] if shard else 0
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
         _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits())
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
@@ -276,17 +280,18 @@ def evaluate(
     if work_dir:
         if owns is not None and not owns():
             raise StopRequested
-        np.savez_compressed(
-            work_dir / SAMPLES,
-            index=indexes,
-            label=labels,
-            broken_at=state.broken_at,
-            norm=state.norms,
-            **({"min_norm": state.min_norm} if state.min_norm is not None else {}),
-        )
+        arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
+        write_samples(work_dir, {**arrays, **({"min_norm": state.min_norm} if state.min_norm is not None else {})})
         checkpoint.finish()
         output["artifacts"] = {"per-sample": SAMPLES}
     return output
+
+
+def write_samples(work_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The per-sample artifact (``samples.npz``), written whole or not at all (a merge may re-write it)."""
+    tmp = work_dir / f"{SAMPLES}.{os.getpid()}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, work_dir / SAMPLES)
 
 
 def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits) -> None:

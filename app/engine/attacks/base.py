@@ -215,6 +215,12 @@ class Attack:
     name = "attack"
     prepare_weight = 0  # how many epsilons' worth of work ``prepare`` does, for progress
     pool_batches = 1  # how many batches one ``perturb`` call receives (an attack that refills its pool takes more)
+    # Blocks of the selection (``shard-size`` samples; 0: one block) that no batch straddles, and the
+    # position in the whole selection of this source's first sample (a shard's start). Batches and
+    # their random draws then depend only on global positions: a shard forms exactly the batches,
+    # and draws exactly the numbers, that the unsharded run forms and draws for the same samples.
+    block = 0
+    offset = 0
 
     def __init__(self, *, norm: str = "linf", seed: int = 0, batch_size: int = 128, autocast: bool = True) -> None:
         if norm not in NORMS:
@@ -240,14 +246,22 @@ class Attack:
         raise NotImplementedError
 
     def generator(self, device: torch.device, k: int, first: int) -> torch.Generator:
-        """Seeded by (seed, epsilon index, batch start): a resumed sweep draws the same numbers."""
+        """Seeded by (seed, epsilon index, batch start in the whole selection): a resumed sweep, and
+        a shard of it, draw the same numbers."""
         g = torch.Generator(device=device)
-        g.manual_seed((self.seed * 1_000_003 + k * 10_007 + first) % (2**63))
+        g.manual_seed((self.seed * 1_000_003 + k * 10_007 + self.offset + first) % (2**63))
         return g
 
     def _batches(self, positions: np.ndarray, factor: int = 1) -> list[np.ndarray]:
+        """Sorted ``positions`` in batches of ``batch_size * factor``, none straddling a block."""
         size = self.batch_size * factor
-        return [positions[i : i + size] for i in range(0, len(positions), size)]
+        if self.block > 0 and len(positions):
+            # Shards start on block boundaries, so local and global block edges coincide.
+            edges = np.flatnonzero(np.diff((positions + self.offset) // self.block)) + 1
+            groups = np.split(positions, edges)
+        else:
+            groups = [positions]
+        return [group[i : i + size] for group in groups for i in range(0, len(group), size)]
 
     def _load(self, source: Source, pos: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = source.read(pos)

@@ -1,0 +1,112 @@
+"""The RQ job that merges a sharded evaluation's shards into the parent's output.
+
+Enqueued by ``app.shards.submit`` (and again by the recovery sweep) under the parent's id,
+deferred by RQ until the shards' jobs finished. It merges only when every shard's record says
+``finished``; a shard still running (one re-queued after a crash) makes it end without writing,
+and RQ's dependency or the sweep runs it again later. It is idempotent: the per-sample file is
+replaced whole, and the output is written once, in the same transaction as the status, only
+while the parent is still unfinished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import shards
+from .config import Config
+from .extensions import connect
+from .records import TERMINAL, Records, now
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+ARRAYS = ("index", "label", "broken_at", "norm", "min_norm")
+
+
+def merge_shards(parent_id: str) -> dict[str, Any] | None:
+    """Entry point for RQ: merge the finished shards of ``parent_id``; None when there is nothing
+    (yet) to merge. Failures are recorded on the parent, never raised."""
+    settings = Config.from_env()
+    records = Records(connect(settings), settings.key_prefix)
+    storage = Storage(settings.appdata)
+    parent = records.evaluation(parent_id)
+    if parent is None or parent["job-status"] in TERMINAL or not parent.get("shards"):
+        return None
+    ids = parent["shards"]["ids"]
+    children = records.evaluations(ids)
+    if len(children) < len(ids):
+        return None  # being deleted
+    for child in children:
+        if child["job-status"] == "failed":
+            shards.fail_parent(records, child, child.get("error", "failed"), child.get("details"))
+            return None
+    if any(child["job-status"] != "finished" for child in children):
+        log.info("merge of %s: a shard is still running; it runs again once that shard finished", parent_id)
+        return None
+    try:
+        output = merged_output(parent, children, [records.result(i) for i in ids], storage)
+    except Exception as exc:  # a finished shard without its output or its file: the parent cannot be merged
+        log.exception("merge of %s failed", parent_id)
+        records.set_status(parent_id, "failed", expect=parent["job-status"], error=f"the merge of the shards failed: {exc}")
+        return None
+    while (current := records.evaluation(parent_id)) is not None and current["job-status"] not in TERMINAL:
+        if records.set_status(parent_id, "finished", expect=current["job-status"], result=output):
+            return {"job_id": parent_id, "sec-value": output["sec-value"]}
+    if current is None:
+        storage.remove_job_dir(parent_id)  # deleted while merging: leave no file behind
+    return None
+
+
+def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], results: list, storage: Storage) -> dict[str, Any]:
+    """The parent's output from its shards' outputs and per-sample files, in selection order: the
+    per-sample arrays concatenated, and the curve computed from them exactly as one job would."""
+    import numpy as np
+
+    from .engine.attacks.base import SweepState
+    from .engine.evaluation import SAMPLES, sec_level, sec_value, write_samples
+
+    if any(r is None for r in results):
+        raise ValueError("a finished shard has no output")
+    parts: dict[str, list] = {name: [] for name in ARRAYS}
+    for child in children:
+        with np.load(storage.job_dir(child["job_id"]) / SAMPLES, allow_pickle=False) as part:
+            for name in ARRAYS:
+                if name in part.files:
+                    parts[name].append(part[name])
+    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items() if chunks}
+    fractions = results[0]["sec-curve"]["x-values"]
+    accuracy = SweepState(arrays["broken_at"], arrays["norm"], np.empty(0)).accuracy(len(fractions))
+    value = sec_value(fractions, accuracy)
+    work_dir = storage.job_dir(parent["job_id"])
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_samples(work_dir, arrays)
+    started = min(c["started_at"] or now() for c in children)
+    output = dict(results[0])
+    output.update(
+        {
+            "sec-curve": {"x-values": fractions, "y-values": accuracy},
+            "clean-accuracy": accuracy[0],
+            "sec-value": value,
+            "sec-level": sec_level(value),
+            "n-samples": int(len(arrays["index"])),
+            "resumed": any(r["resumed"] for r in results),
+            "job_id": parent["job_id"],
+            "attempt": max(r["attempt"] for r in results),
+            "shards": {
+                "count": len(children),
+                "shard-size": parent["shards"]["shard-size"],
+                "ranges": parent["shards"]["ranges"],
+                "attempts": [r["attempt"] for r in results],
+            },
+            "timing": {
+                # Summed over the shards: the compute the evaluation took; wall: first shard start to merge.
+                **{name: round(sum(r["timing"][name] for r in results), 3) for name in results[0]["timing"]},
+                "shard-total-seconds": [r["timing"]["total-seconds"] for r in results],
+                "wall-seconds": round(time.time() - started, 3),
+            },
+            "artifacts": {"per-sample": SAMPLES},
+        }
+    )
+    return output
