@@ -9,6 +9,7 @@ B4  image-steps/s of our PGD step vs torchattacks' on a ResNet-18-shaped CNN (32
     and as a fraction of this machine's measured matmul FLOP/s
 B5  ResNet-50 at 224x224 on a GPU, fp32 and bf16 (only where a GPU is present)
 B6  fixed costs: whole process against attack time, and jobs through a real worker (wholeprocess.py)
+B7  one sharded evaluation on 1 against 2 real workers (shards.py)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import shards  # noqa: E402
 import strength  # noqa: E402
 import wholeprocess  # noqa: E402
 
@@ -227,6 +229,16 @@ def write_results(res: dict, path: Path) -> None:
             wholeprocess.report(res["b6"]),
             "",
         ]
+    if res.get("b7"):
+        r7 = res["b7"]
+        lines += [
+            "## B7: one evaluation over several workers (sharding)",
+            "",
+            "Real Redis, real RQ workers, the request through the API's code; wall time from submit to `finished`. "
+            "The last column checks that the merged curve equals the unsharded one.",
+            "",
+            shards.table(r7["rows"], r7["steps"]),
+        ]
     path.write_text("\n".join(lines))
 
 
@@ -237,7 +249,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     parser.add_argument(
         "--only",
-        choices=("strength", "b3", "b4", "b5", "b6"),
+        choices=("strength", "b3", "b4", "b5", "b6", "b7"),
         nargs="+",
         help="re-measure these; keep the others from benchmarks/results.json",
     )
@@ -265,7 +277,7 @@ def main() -> int:
         "n": len(y),
     }
     raw = args.output.with_name("results.json")
-    wanted = set(args.only or ("strength", "b3", "b4", "b5", "b6"))
+    wanted = set(args.only or ("strength", "b3", "b4", "b5", "b6", "b7"))
     if args.only and raw.exists():
         res = {**json.loads(raw.read_text()), "machine": res["machine"]}
 
@@ -279,6 +291,10 @@ def main() -> int:
         "b4": lambda: b4(device, batch=16 if args.quick else 64),
         "b5": lambda: b5() if device.type == "cuda" else None,
         "b6": lambda: wholeprocess.rows(1 if args.quick else 3, worker=not args.quick, workdir=work / "wholeprocess"),
+        "b7": lambda: {
+            "steps": 50,
+            "rows": shards.rows(512 if args.quick else 4096, 50, (1, 2), 256 if args.quick else 2048, threads=1),
+        },
     }
     for name, run in runs.items():
         if name in wanted:
