@@ -88,6 +88,9 @@ class Config:
     conversion_cache_entries: int = 32  # converted models a worker keeps, by sha256 (0: no cache)
     conversion_cache_mb: int = 1024  # and their bytes on disk, under APPDATA/cache/conversion
     max_shards: int = 4  # the most shards one evaluation is split into (app.shards); 1: never shard
+    # torch threads per job (0: torch's default, every core). Several workers on one host each taking every
+    # core wait on each other's threads: measured, one job 11x slower than with one thread each.
+    torch_threads: int = 0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -106,6 +109,7 @@ class Config:
             conversion_cache_entries=_env_int("CONVERSION_CACHE_ENTRIES", 32),
             conversion_cache_mb=_env_int("CONVERSION_CACHE_MB", 1024),
             max_shards=max(1, _env_int("MAX_SHARDS", 4)),
+            torch_threads=max(0, _env_int("TORCH_THREADS", 0)),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

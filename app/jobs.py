@@ -153,11 +153,15 @@ def model_verification(records: Records, model: dict[str, Any], model_path, data
 def run_evaluation(job_id: str) -> dict[str, Any] | None:
     """Entry point for RQ. Failures are recorded on the evaluation, not raised: a bad
     model is the user's to fix, and re-running it would only fail again."""
+    import torch
+
     from .engine.attacks import StopRequested, is_out_of_memory
     from .engine.convcache import worker_cache
     from .engine.evaluation import Limits, evaluate
 
     settings = Config.from_env()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     records = Records(connect(settings), settings.key_prefix)
     storage = Storage(settings.appdata)
     claim = records.claim(job_id)

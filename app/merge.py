@@ -102,7 +102,17 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
             },
             "timing": {
                 # Summed over the shards: the compute the evaluation took; wall: first shard start to merge.
-                **{name: round(sum(r["timing"][name] for r in results), 3) for name in results[0]["timing"]},
+                **{
+                    name: round(sum(r["timing"][name] for r in results), 3)
+                    for name in results[0]["timing"]
+                    if name.endswith("-seconds")
+                },
+                # Per shard, what is not a duration (the conversion cache's state, torch threads).
+                **{
+                    name: [r["timing"].get(name) for r in results]
+                    for name in results[0]["timing"]
+                    if not name.endswith("-seconds")
+                },
                 "shard-total-seconds": [r["timing"]["total-seconds"] for r in results],
                 "wall-seconds": round(time.time() - started, 3),
             },

@@ -83,6 +83,9 @@ def test_sharded_evaluation_equals_the_unsharded_one_and_progress_adds_up(pool, 
     out = assert_identical(client, appdata, sharded, whole)
     assert out["shards"]["count"] == 2 and out["shards"]["ranges"] == [[0, 64], [64, 120]]
     assert "wall-seconds" in out["timing"]
+    # Durations add up over the shards; what is not a duration stays per shard (the worker's conversion cache).
+    assert out["timing"]["total-seconds"] >= max(out["timing"]["shard-total-seconds"])
+    assert len(out["timing"]["conversion-cache"]) == 2 and set(out["timing"]["conversion-cache"]) <= {"hit", "miss"}
     # Progress: the sum over the shards, never going back, ending at every sample at every epsilon.
     dones = [d for d, _ in seen]
     assert dones == sorted(dones), seen

@@ -275,6 +275,7 @@ def evaluate(
             **({"conversion-cache": cache_state} if cache_state else {}),
             "attack-seconds": round(time.perf_counter() - t_load, 3),
             "total-seconds": round(time.perf_counter() - t0, 3),
+            "torch-threads": torch.get_num_threads(),
         },
     }
     if work_dir:
