@@ -70,7 +70,7 @@ def shard_ids(redis_url: str, parent: str) -> list[str]:
 
 def test_sharded_evaluation_equals_the_unsharded_one_and_progress_adds_up(pool, appdata):
     client, add = pool
-    add("w1"), add("w2")
+    add("w1", TORCH_THREADS="1"), add("w2", TORCH_THREADS="1")  # two workers on one host: a thread each
     sharded = submit(client, {**REQUEST, "shards": 2})
     seen = []
     while (st := client.get(f"/api/security_evaluations/{sharded}").get_json())["job-status"] not in ("finished", "failed"):
@@ -85,6 +85,7 @@ def test_sharded_evaluation_equals_the_unsharded_one_and_progress_adds_up(pool, 
     assert "wall-seconds" in out["timing"]
     # Durations add up over the shards; what is not a duration stays per shard (the worker's conversion cache).
     assert out["timing"]["total-seconds"] >= max(out["timing"]["shard-total-seconds"])
+    assert out["timing"]["torch-threads"] == [1, 1]
     assert len(out["timing"]["conversion-cache"]) == 2 and set(out["timing"]["conversion-cache"]) <= {"hit", "miss"}
     # Progress: the sum over the shards, never going back, ending at every sample at every epsilon.
     dones = [d for d, _ in seen]
