@@ -155,7 +155,11 @@ def fail_parent(records: Records, child: dict[str, Any], error: str, details: An
         return False
     shard = child["request"].get("shard", {})
     message = f"shard {shard.get('index', 0) + 1} of {shard.get('count', '?')} failed: {error}"
-    extra = {"details": {"shard": shard, "problem": details}} if details not in (None, "") else {}
+    # The shard's own details keep their keys (a user reads the same fields as from an unsharded run).
+    if isinstance(details, dict):
+        extra = {"details": {**details, "shard": shard}}
+    else:
+        extra = {"details": {"shard": shard, "problem": details}} if details not in (None, "") else {}
     return records.set_status(parent["job_id"], "failed", expect=parent["job-status"], error=message, **extra)
 
 
