@@ -234,7 +234,8 @@ def write_results(res: dict, path: Path) -> None:
         lines += [
             "## B7: one evaluation over several workers (sharding)",
             "",
-            "Real Redis, real RQ workers, the request through the API's code; wall time from submit to `finished`. "
+            "Real Redis, real RQ workers (one torch thread each), the request through the API's code; wall time from "
+            "submit to `finished`. "
             "The last column checks that the merged curve equals the unsharded one.",
             "",
             shards.table(r7["rows"], r7["steps"]),

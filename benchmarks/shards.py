@@ -135,7 +135,7 @@ def table(results: list[dict[str, Any]], steps: int) -> str:
     base = {r["shards"]: r["wall-seconds"] for r in results if r["workers"] == first}
     lines = [
         f"PGD ({steps} steps, 5 epsilons) on the demo CNN, {results[0]['samples']} samples; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work while measured), "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch threads per work-horse: {results[0]['threads']}.",
         "",
         f"| workers | shards | wall s (submit to finished) | vs unsharded on {first} | vs {first} worker(s), same shards "
