@@ -180,3 +180,35 @@ def test_a_warm_start_that_fails_is_followed_by_a_fresh_random_start():
     delta, found = attack.perturb(ctx, x, y, eps, trap)
     assert bool(found[0]), "a warm start in the wrong corner must not be the sample's only chance"
     assert float(delta.sum()) > 90 * eps and float(delta.abs().max()) <= eps + 1e-6
+
+
+class FourthClass(nn.Module):
+    """Ten classes over 100 inputs, the true one (0) at logit 0. Classes 1-3 rank just below it
+    (logit -1) and pull towards the all-minus corner, where they stop just short of 0; class 4
+    ranks fourth (logit -2) and is the only one reachable, near the all-plus corner."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        a = 2.2 / (100 * eps)  # class 4 reaches +0.2 at the plus corner
+        w = torch.zeros(10, 100)
+        w[1:4], w[4] = -0.45 * a, a  # classes 1-3 reach -0.01 at the minus corner
+        self.register_buffer("w", w)
+        self.register_buffer("b", torch.tensor([0.0, -1, -1, -1, -2, -3, -3, -3, -3, -3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T + self.b
+
+
+@pytest.mark.parametrize("anchor_norm, broken", [(1.1, True), (2.0, False)])
+def test_auto_gives_a_sample_near_the_boundary_every_target(anchor_norm, broken):
+    # FMN's anchor (pointing the wrong way) says how far the boundary is. Cross-entropy and the top
+    # three targets all lead to the minus corner; only the fourth-ranked target breaks the sample.
+    eps = 0.1
+    auto = build("auto", norm="linf", params=schemas.ATTACK_PARAMETERS["auto"])
+    x, y = torch.zeros(1, 1, 10, 10), torch.zeros(1, dtype=torch.long)
+    ctx = Context(FourthClass(eps), WIDE, torch.Generator().manual_seed(0), autocast=False)
+    ctx.extra["anchor"] = torch.full_like(x, -anchor_norm * eps)
+    delta, found = auto.perturb(ctx, x, y, eps, None)
+    assert bool(found[0]) is broken
+    if broken:
+        assert int(FourthClass(eps)(x + delta).argmax(1)) == 4 and float(delta.abs().max()) <= eps + 1e-6
