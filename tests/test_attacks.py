@@ -11,7 +11,7 @@ from app import schemas
 from app.engine.assets import export_onnx
 from app.engine.attacks import ATTACKS, ArraySource, build
 from app.engine.attacks.apgd import checkpoints
-from app.engine.attacks.base import Context, lp_norm
+from app.engine.attacks.base import Best, Context, lp_norm
 from app.engine.models import load_onnx
 
 SMALL = {
@@ -212,3 +212,14 @@ def test_auto_gives_a_sample_near_the_boundary_every_target(anchor_norm, broken)
     assert bool(found[0]) is broken
     if broken:
         assert int(FourthClass(eps)(x + delta).argmax(1)) == 4 and float(delta.abs().max()) <= eps + 1e-6
+
+
+def test_a_sample_broken_on_one_of_its_target_rows_keeps_that_rows_point():
+    # Targets run side by side: one sample on two rows. The first row is adversarial, the second is
+    # not but has the higher loss; the point kept must be the adversarial one, or the fp32 re-check
+    # would refuse a sample that was broken.
+    best = Best(torch.zeros(1, 1, 2, 2))
+    rows = torch.tensor([0, 0])
+    delta = torch.stack([torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), -0.1)])
+    best.update(rows, delta, loss=torch.tensor([1.0, 5.0]), adv=torch.tensor([True, False]))
+    assert bool(best.success[0]) and torch.equal(best.delta[0], delta[0])

@@ -4,7 +4,7 @@ with an ensemble of diverse parameter-free attacks", ICML 2020); L-inf or L2.
 The step size starts at 2 epsilon and halves at checkpoints where the loss
 stopped improving, restarting from the best point; steps use momentum 0.75.
 Losses: cross-entropy, DLR, or targeted DLR over the top ``n_target_classes``
-wrong classes (each target is a restart for the samples still standing); the
+wrong classes (run side by side, as many targets as fit in a batch); the
 default runs cross-entropy, then targeted DLR on what is left (AutoAttack's
 first two attacks).
 """
@@ -71,7 +71,11 @@ class APGD(Attack):
         return best.delta, best.success
 
     def stage(self, ctx: Context, x, y, eps: float, init, best: Best, loss_name: str, clean_logits: torch.Tensor) -> None:
-        """One loss: restarts (and, for targeted DLR, one run per target) on the samples still standing."""
+        """One loss: restarts (and, for targeted DLR, one run per target) on the samples still standing.
+
+        Targets run side by side, as many as fit in one batch (each standing sample once per target),
+        so a handful of samples left standing costs one batch per step for all their targets, not one
+        small batch per target; a sample leaves every run the step any of its targets breaks it."""
         n_classes = clean_logits.shape[1]
         targets: list[torch.Tensor | None] = [None]
         if loss_name == "dlr-targeted" and n_classes < 4 or loss_name == "dlr" and n_classes < 3:
@@ -80,18 +84,25 @@ class APGD(Attack):
             ranked = clean_logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
             targets = [ranked[:, t] for t in range(self.first_target, min(self.n_target_classes, n_classes - 1))]
         loss_fn = LOSSES[loss_name]
-        for target in targets:
+        done = 0
+        while done < len(targets):
+            standing = best.standing()
+            if len(standing) == 0:
+                return
+            group = targets[done : done + max(1, self.batch_size // len(standing))]
+            done += len(group)
             for restart in range(self.restarts):
                 idx = best.standing()
                 if len(idx) == 0:
                     return
+                rows = idx.repeat(len(group))
                 if restart == 0 and is_warm(init):
-                    start = best.delta[idx]
+                    start = best.delta[rows]
                 else:
-                    start = random_in_ball(x[idx], eps, self.norm, ctx.generator)
-                delta = clip_to_bounds(x[idx], project(start, eps, self.norm), ctx.bounds)
-                tgt = None if target is None else target[idx]
-                self.run(ctx, x[idx], y[idx], tgt, eps, idx, delta, best, loss_fn)
+                    start = random_in_ball(x[rows], eps, self.norm, ctx.generator)
+                delta = clip_to_bounds(x[rows], project(start, eps, self.norm), ctx.bounds)
+                tgt = None if group[0] is None else torch.cat([target[idx] for target in group])
+                self.run(ctx, x[rows], y[rows], tgt, eps, rows, delta, best, loss_fn)
 
     def run(
         self,
@@ -133,7 +144,7 @@ class APGD(Attack):
                 return
             (grad,) = torch.autograd.grad(loss.sum(), delta)
             delta, loss = delta.detach(), loss.detach()
-            keep = ~adv
+            keep = ~best.success[idx]  # also drops the other targets' rows of a sample one target broke
             if not bool(keep.any()):
                 return
             if not bool(keep.all()):

@@ -418,9 +418,13 @@ class Best:
         self.success = torch.zeros(len(init), dtype=torch.bool, device=init.device)
 
     def update(self, idx: torch.Tensor, delta: torch.Tensor, loss: torch.Tensor, adv: torch.Tensor) -> None:
+        """``idx`` may name a sample on several rows (one per target): a row that is adversarial wins
+        over its sample's other rows, so the point kept for a broken sample is always adversarial."""
         open_ = ~self.success[idx]
+        hit = torch.zeros_like(self.success)
+        hit[idx[adv]] = True
         new_adv = adv & open_
-        better = ~adv & open_ & (loss > self.loss[idx])
+        better = ~hit[idx] & open_ & (loss > self.loss[idx])
         take = new_adv | better
         self.delta[idx[take]] = delta.detach()[take].to(self.delta.dtype)
         self.loss[idx[better]] = loss[better]
