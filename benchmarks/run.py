@@ -167,6 +167,9 @@ def write_results(res: dict, path: Path) -> None:
         "and budget. Accuracies are percentages; epsilons are fractions of the input range [0, 1].",
         "",
     ]
+    if res.get("when"):
+        # Sections re-measured with --only keep the others from results.json: say when each ran.
+        lines += ["When each section ran: " + "; ".join(f"{k}: {v}" for k, v in res["when"].items()) + ".", ""]
     if res.get("strength"):
         cases = strength.cases_from(res["strength"]["cases"])
         lines += strength.markdown(cases, res["strength"]["pgd"], res["strength"]["autoattack"])
@@ -300,7 +303,9 @@ def main() -> int:
     for name, run in runs.items():
         if name in wanted:
             print(f"{name.upper()} ...", flush=True)
+            started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
             res[name] = run()
+            res.setdefault("when", {})[name] = f"{started}, load average {os.getloadavg()[0]:.1f} at its end"
     if not args.quick:
         raw.write_text(json.dumps(res, indent=1) + "\n")
     write_results(res, args.output)
