@@ -163,8 +163,8 @@ def write_results(res: dict, path: Path) -> None:
         "",
         f"Measured {m['date']} on {m['machine']} ({m['cpus']} CPU threads used by torch, OMP_NUM_THREADS={m['omp']}), "
         f"Python {m['python']}, torch {m['torch']}, torchattacks {m['torchattacks']}. Produced by `make bench` "
-        "(`benchmarks/run.py`); every comparison below ran side by side in this one run, on the same model, data, epsilons "
-        "and budget. Accuracies are percentages; epsilons are fractions of the input range [0, 1].",
+        "(`benchmarks/run.py`); within each section, every comparison ran side by side in one run, on the same model, data, "
+        "epsilons and budget. Accuracies are percentages; epsilons are fractions of the input range [0, 1].",
         "",
     ]
     if res.get("when"):
