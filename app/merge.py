@@ -38,10 +38,8 @@ def merge_shards(parent_id: str) -> dict[str, Any] | None:
     children = records.evaluations(ids)
     if len(children) < len(ids):
         return None  # being deleted
-    for child in children:
-        if child["job-status"] == "failed":
-            shards.fail_parent(records, child, child.get("error", "failed"), child.get("details"))
-            return None
+    if shards.fail_on_a_failed_shard(records, children):
+        return None
     if any(child["job-status"] != "finished" for child in children):
         log.info("merge of %s: a shard is still running; it runs again once that shard finished", parent_id)
         return None

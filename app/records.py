@@ -134,17 +134,7 @@ class Records:
         concurrent submits cannot exceed it. ``more``: further fields (a sharded one's ``shards``)."""
         job_id = str(uuid.uuid4())
         created = now()
-        fields = {
-            "status": "queued",
-            "owner": owner,
-            "request": json.dumps(request),
-            "resolved": json.dumps(extra),
-            "created_at": created,
-            "progress-done": 0,
-            "progress-total": 0,
-            "attempt": 0,
-            **(more or {}),
-        }
+        fields = self.evaluation_fields(request, owner, extra, created, **(more or {}))
         keys = [
             self.key("evaluation", job_id),
             self.key("active", "by-owner", owner),
@@ -161,6 +151,23 @@ class Records:
                 details={"limit": limit, "unfinished": count},
             )
         return job_id
+
+    @staticmethod
+    def evaluation_fields(
+        request: dict[str, Any], owner: str, extra: dict[str, Any], created: float, **more: Any
+    ) -> dict[str, Any]:
+        """A queued evaluation's hash (a shard's too, with its ``parent``)."""
+        return {
+            "status": "queued",
+            "owner": owner,
+            "request": json.dumps(request),
+            "resolved": json.dumps(extra),
+            "created_at": created,
+            "progress-done": 0,
+            "progress-total": 0,
+            "attempt": 0,
+            **more,
+        }
 
     def evaluation(self, job_id: str) -> dict[str, Any] | None:
         return self._parse(job_id, self.redis.hgetall(self.key("evaluation", job_id)))

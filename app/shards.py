@@ -81,17 +81,7 @@ def submit(
         with records.redis.pipeline() as pipe:
             for i, (child_id, (start, stop)) in enumerate(zip(ids, ranges)):
                 child_req = {**req, "shard": {"index": i, "count": len(ranges), "start": start, "stop": stop}}
-                fields = {
-                    "status": "queued",
-                    "owner": owner,
-                    "parent": parent_id,
-                    "request": json.dumps(child_req),
-                    "resolved": json.dumps(resolved),
-                    "created_at": created,
-                    "progress-done": 0,
-                    "progress-total": 0,
-                    "attempt": 0,
-                }
+                fields = records.evaluation_fields(child_req, owner, resolved, created, parent=parent_id)
                 pipe.hset(records.key("evaluation", child_id), mapping=fields)
                 pipe.sadd(records.key("active"), child_id)  # the recovery sweep watches shards like any job
             pipe.execute()
@@ -148,6 +138,15 @@ def mark_started(records: Records, child: dict[str, Any]) -> None:
         records.set_status(child["parent"], "started", expect="queued")
 
 
+def fail_on_a_failed_shard(records: Records, children: list[dict[str, Any]]) -> bool:
+    """If a shard failed, fail its parent with that shard's error; True when one had."""
+    for child in children:
+        if child["job-status"] == "failed":
+            fail_parent(records, child, child.get("error", "failed"), child.get("details"))
+            return True
+    return False
+
+
 def fail_parent(records: Records, child: dict[str, Any], error: str, details: Any = None) -> bool:
     """A shard failed: its parent fails with the shard's error (the other shards' work is void)."""
     parent = records.evaluation(child["parent"]) if child.get("parent") else None
@@ -171,10 +170,8 @@ def settle(records: Records, queue: Queue, parent_id: str, grace: float, timeout
     if parent is None or parent["job-status"] in TERMINAL or not parent.get("shards"):
         return
     children = {c["job_id"]: c for c in records.evaluations(parent["shards"]["ids"])}
-    for child in children.values():
-        if child["job-status"] == "failed":
-            fail_parent(records, child, child.get("error", "failed"), child.get("details"))
-            return
+    if fail_on_a_failed_shard(records, list(children.values())):
+        return
     if len(children) < parent["shards"]["count"]:
         return  # being deleted
     job = jobqueue.fetch_job(records.redis, parent_id)

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/wholeprocess.py [--repeats 3] [--skip-worker] [--json out.json] [--before DIR]
 
-Case (as benchmarks/run.py B1): the digits CNN, its 360 validation samples, Linf, epsilons
+Case (B6 in benchmarks/RESULTS.md): the digits CNN, its 360 validation samples, Linf, epsilons
 0..0.15, PGD 50 steps of 0.1 x epsilon with a random start. Both sides run as fresh
 interpreters, one after the other, under the same environment (thread count included);
 each side reports its own attack-only seconds, and the whole process is timed from outside.
@@ -31,31 +31,6 @@ sys.path.insert(0, str(ROOT))
 EPS = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15]
 STEPS, STEP = 50, 0.1
 
-# The reference a torchattacks user writes: the same network as plain torch, its trained weights,
-# the samples from the same HDF5 file, one PGD per epsilon. It prints its own attack-only time.
-TORCHATTACKS_SCRIPT = """
-import json, sys, time
-import h5py, torch, torchattacks
-from torch import nn
-weights, data, eps_list, steps, step = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-torch.manual_seed(0)
-model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
-model.load_state_dict(torch.load(weights, weights_only=True))
-model.eval()
-with h5py.File(data, "r") as fh:
-    x, y = torch.from_numpy(fh["samples"][:]), torch.from_numpy(fh["labels"][:])
-t0 = time.perf_counter()
-accs = []
-for e in eps_list:
-    adv = x if e == 0 else torch.cat([torchattacks.PGD(model, eps=e, alpha=step * e, steps=steps, random_start=True)(
-        x[i:i + 128], y[i:i + 128]) for i in range(0, len(x), 128)])
-    with torch.no_grad():
-        accs.append(float((model(adv).argmax(1) == y).float().mean()))
-print(json.dumps({"attack-seconds": time.perf_counter() - t0, "accuracy": accs}))
-"""
-
-
 def make_assets(workdir: Path) -> dict[str, Path]:
     """The demo CNN trained once: its ONNX export (ours), its torch weights (theirs), the samples."""
     import torch
@@ -69,7 +44,6 @@ def make_assets(workdir: Path) -> dict[str, Path]:
     export_onnx(model, (1, 8, 8), paths["onnx"])
     torch.save(model[:-1].state_dict(), paths["weights"])  # logits: torchattacks attacks what our loader keeps
     write_h5(paths["data"], xva, yva, n_classes=10)
-    (workdir / "torchattacks_loop.py").write_text(TORCHATTACKS_SCRIPT)
     return paths
 
 
@@ -99,10 +73,12 @@ def ours(paths: dict[str, Path], out: Path, root: Path = ROOT) -> dict[str, Any]
 
 
 def theirs(paths: dict[str, Path], env: dict[str, str]) -> dict[str, Any]:
-    script = paths["onnx"].parent / "torchattacks_loop.py"
-    cmd = [sys.executable, str(script), str(paths["weights"]), str(paths["data"]), json.dumps(EPS), str(STEPS), str(STEP)]
-    wall, stdout = _run(cmd, env)
-    return {"wall": wall, **json.loads(stdout.strip().splitlines()[-1])}
+    """The torchattacks loop a user writes (``benchmarks/reference.py``) on the same weights, as plain torch."""
+    spec = {"case": "digits", "weights": str(paths["weights"]), "dataset": str(paths["data"]), "preprocessing": {},
+            "n": None, "epsilons": EPS, "attack": "pgd", "steps": STEPS, "step_size": STEP, "seed": 0}  # fmt: skip
+    wall, stdout = _run([sys.executable, str(ROOT / "benchmarks" / "reference.py"), json.dumps(spec)], env)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall": wall, "attack-seconds": result["attack-seconds"], "accuracy": result["curve"]}
 
 
 def floor(env: dict[str, str]) -> dict[str, float]:
