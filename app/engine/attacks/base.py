@@ -333,6 +333,11 @@ class Attack:
         candidates = np.flatnonzero(state.broken_at == k + 1)
         done = (p + 1 + self.prepare_weight) * n - len(candidates)
         for pos in self._batches(candidates, self.pool_batches):
+            # Checked before a batch, not after: a pass whose batches all ran is always checkpointed.
+            # The warm starts are rewritten in place (a row file), so a stop after the last batch would
+            # resume from the previous checkpoint with this pass's deltas as its warm starts.
+            if hooks.should_stop():
+                raise StopRequested
             x, y = self._load(source, pos, device)
             delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k, hooks.should_stop)
             won = torch.from_numpy(ok).to(device)
@@ -341,8 +346,6 @@ class Attack:
             state.norms[pos[ok]] = lp_norm(delta[won], self.norm).cpu().numpy()
             done += len(pos)
             hooks.progress(done, total)
-            if hooks.should_stop():
-                raise StopRequested
 
     def with_smaller_batches_on_oom(self, run: Callable[[], None]) -> None:
         """Run one stage; on out-of-memory, halve the batch size and run it again (down to one sample)."""
