@@ -322,6 +322,8 @@ class Attack:
             )
             state.next_k = p + 1
             hooks.after_epsilon(k, state)
+            if hooks.should_stop():  # after the checkpoint: the pass just finished is never redone
+                raise StopRequested
         return state
 
     def _attack_epsilon(self, model, source, eps, bounds, state, hooks, device, k, p, total) -> None:
@@ -333,9 +335,9 @@ class Attack:
         candidates = np.flatnonzero(state.broken_at == k + 1)
         done = (p + 1 + self.prepare_weight) * n - len(candidates)
         for pos in self._batches(candidates, self.pool_batches):
-            # Checked before a batch, not after: a pass whose batches all ran is always checkpointed.
-            # The warm starts are rewritten in place (a row file), so a stop after the last batch would
-            # resume from the previous checkpoint with this pass's deltas as its warm starts.
+            # Checked before a batch, and after the pass's checkpoint (in ``sweep``), not after its last
+            # batch: the warm starts are rewritten in place (a row file), so a stop there would resume
+            # from the previous checkpoint with this pass's deltas as its warm starts.
             if hooks.should_stop():
                 raise StopRequested
             x, y = self._load(source, pos, device)
