@@ -177,10 +177,11 @@ def summary(output: dict[str, Any], names: dict[str, str], checks: list[dict[str
             f"{results.NORM_LABELS.get(breaking.get('norm'), breaking.get('norm'))} norm, {breaking.get('unit', '')})."
         )
     if checks is not None:
-        warned = [c["title"].lower() for c in checks if c["status"] == "warn"]
+        warned = [c for c in checks if c["status"] == "warn"]
         if output.get("reliable") is False or warned:
-            out.append(f"Reliability: {len(warned)} of {len(checks)} checks warn ({'; '.join(warned)}), so the curve may "
-                       "overstate the model's robustness: read the checks below before trusting it.")
+            reasons = " ".join(c["message"] for c in warned)
+            out.append(f"Reliability: {len(warned)} of {len(checks)} checks warn, so the curve may overstate the model's "
+                       f"robustness; read the checks below before trusting it. {reasons}".rstrip())
         else:
             out.append(f"Reliability: all {len(checks)} checks pass; nothing suggests the curve overstates robustness.")
     return out

@@ -177,10 +177,10 @@ def test_report_shows_figures_checks_classes_and_samples_and_escapes_names(clien
     assert "Not in this evaluation" not in html
 
     table = list(csv.DictReader(io.StringIO(client.get(f"{BASE}/{job_id}/output/csv").get_data(as_text=True))))
-    assert [float(row["accuracy-ci95-high"]) for row in table] == [p["accuracy-ci95"][1] for p in full["figures"]["per-epsilon"]]
-    assert table[0]["attack-success-rate"] == "" and float(table[1]["attack-success-rate"]) == full["figures"]["per-epsilon"][1][
-        "attack-success-rate"]
-    assert [float(row["accuracy-class-9"]) for row in table] == [p["per-class-accuracy"][9] for p in full["figures"]["per-epsilon"]]
+    per = full["figures"]["per-epsilon"]
+    assert [float(row["accuracy-ci95-high"]) for row in table] == [p["accuracy-ci95"][1] for p in per]
+    assert table[0]["attack-success-rate"] == "" and float(table[1]["attack-success-rate"]) == per[1]["attack-success-rate"]
+    assert [float(row["accuracy-class-9"]) for row in table] == [p["per-class-accuracy"][9] for p in per]
     # The plot draws the hostile name as plain text ('$' is no mathtext).
     png(client.get(f"{BASE}/{job_id}/plot.png").data)
 
@@ -205,7 +205,8 @@ def test_comparison_plot_and_its_errors(client, worker, settings):
     assert r.status_code == 200 and r.mimetype == "image/png"
     png(r.data)
     assert client.get(f"/api/plots?jobs={a}, {b},{a}&format=svg").mimetype == "image/svg+xml"
-    queued = submit(queue_client(settings, "results-nobody"), {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", **SMALL})
+    nobody = queue_client(settings, "results-nobody")  # a queue no worker serves: the job stays queued
+    queued = submit(nobody, {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", **SMALL})
     unknown = "00000000-0000-4000-8000-000000000000"
     cases = [
         ("/api/plots", 400, "jobs: required"),
@@ -334,3 +335,64 @@ def test_bulk_delete_removes_only_the_callers_jobs_in_those_statuses(settings, w
     ]:
         r = served.delete(url, headers=headers)
         assert r.status_code == code and phrase in r.get_json()["error"], (url, r.get_json())
+
+
+def test_plots_and_report_through_gunicorn(redis_server, appdata, worker, assets):
+    """Under the real server the plot is drawn by the API process's plotting child; other requests go on meanwhile."""
+    import threading
+    import urllib.request
+
+    from app.client import Client
+    from app.redis_server import free_port
+    from conftest import start_api, stop_process
+
+    port = free_port()
+    api = start_api(redis_server.url, appdata, port, WEB_CONCURRENCY="1")
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        body = {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", **SMALL}
+        job_id = client.submit(body)["job_id"]
+        client.wait(job_id, timeout=120)
+        got: dict = {}
+
+        def fetch(name: str, path: str) -> None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
+                got[name] = (resp.status, resp.headers.get_content_type(), resp.read())
+
+        plot = threading.Thread(target=fetch, args=("plot", f"{BASE}/{job_id}/plot.svg"))
+        plot.start()
+        fetch("health", "/api/health")  # one gunicorn process: the plot does not hold its other threads
+        plot.join(90)
+        assert got["health"][0] == 200 and got["plot"][:2] == (200, "image/svg+xml")
+        fetch("report", f"{BASE}/{job_id}/report")
+        assert got["report"][:2] == (200, "text/html")
+        assert_self_contained(got["report"][2].decode())
+    finally:
+        stop_process(api)
+
+
+def nullable_to_json_schema(node):
+    """OpenAPI 3.0's ``nullable: true`` as JSON Schema (null allowed), recursively."""
+    if isinstance(node, dict):
+        out = {k: nullable_to_json_schema(v) for k, v in node.items() if k != "nullable"}
+        return {"anyOf": [out, {"type": "null"}]} if node.get("nullable") else out
+    return [nullable_to_json_schema(v) for v in node] if isinstance(node, list) else node
+
+
+def test_openapi_describes_the_results_endpoints_and_their_answers_conform(client):
+    import jsonschema_rs
+
+    doc = client.get("/api/openapi.json").get_json()
+    for path in ("/output/csv", "/plot.png", "/plot.svg", "/report"):
+        assert "get" in doc["paths"][f"/api/security_evaluations/{{job_id}}{path}"]
+    assert "delete" in doc["paths"]["/api/security_evaluations"] and "get" in doc["paths"]["/api/plots"]
+    components = nullable_to_json_schema(doc["components"])
+
+    def conforms(name: str, instance: dict) -> None:
+        jsonschema_rs.Draft4Validator({"$ref": f"#/components/schemas/{name}", "components": components}).validate(instance)
+
+    conforms("AttackList", client.get("/api/attacks").get_json())
+    conforms("AttackList", client.get("/api/attacks/max-norm").get_json())
+    conforms("BulkDelete", client.delete(f"{BASE}?status=failed").get_json())
+    with pytest.raises(ValueError):  # the schemas are real: a wrong answer does not conform
+        conforms("BulkDelete", {"deleted": "2", "ids": [], "evaluations": [], "more": False})
