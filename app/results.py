@@ -17,17 +17,18 @@ NORM_LABELS = {"linf": "L\u221e", "l2": "L2"}
 MAX_LABEL = 60  # characters of a user-given name shown in a plot or a title
 
 
-def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``p`` observed on ``n`` trials (95% by default).
+def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
+    """The Wilson score interval of a proportion (95% by default); None when ``n`` is 0.
 
-    Only for outputs written before ``figures`` existed (H1's ``app.figures`` owns the formula for new
-    outputs; the lead may point this at it)."""
+    Only for outputs written before ``figures`` existed. The same function as ``app.figures.wilson``
+    (helper H1's, which computes the figures of new outputs); once both are merged this one goes."""
     if n <= 0:
-        return 0.0, 1.0
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
-    return max(0.0, centre - half), min(1.0, centre + half)
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def has_figures(output: dict[str, Any]) -> bool:
@@ -56,8 +57,8 @@ def rows(output: dict[str, Any]) -> list[dict[str, Any]]:
         n_k = fig.get("n", n)
         ci = _pair(fig.get("accuracy-ci95"))
         estimated = ci == (None, None) and isinstance(n_k, int) and n_k > 0
-        if estimated:
-            ci = wilson(float(y), n_k)
+        if estimated:  # accuracy is a count over n: round(y * n) recovers it exactly
+            ci = _pair(wilson(round(float(y) * n_k), n_k))
         out.append(
             {
                 "epsilon": x,

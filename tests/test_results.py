@@ -291,9 +291,9 @@ def test_bulk_delete_removes_only_the_callers_jobs_in_those_statuses(settings, w
     served = create_app({**settings, "api_keys": KEYS}).test_client()  # the test worker runs these
     idle = create_app({**settings, "api_keys": KEYS, "queue_name": "results-idle"}).test_client()  # nobody runs these
 
-    def post(client, who: str, headers: dict) -> str:
-        r = client.post(BASE, headers=headers, json={"trained-model": f"files/{who}/cnn.onnx",
-                                                     "dataset": f"files/{who}/val.h5", **SMALL})
+    def post(client, who: str, headers: dict, **fields) -> str:
+        files = {"trained-model": f"files/{who}/cnn.onnx", "dataset": f"files/{who}/val.h5"}
+        r = client.post(BASE, headers=headers, json={**files, **SMALL, **fields})
         assert r.status_code == 202, r.get_json()
         return r.get_json()["job_id"]
 
@@ -326,6 +326,17 @@ def test_bulk_delete_removes_only_the_callers_jobs_in_those_statuses(settings, w
     queue = idle.application.extensions["secev"]["queue"]
     assert queue.job_ids == [bob_queued]
     assert served.get(f"{BASE}/{bob_queued}", headers=BOB).get_json()["job-status"] == "queued"
+
+    # A running job is stopped as a single delete stops it: the worker is free for the next job.
+    running = post(served, "alice", ALICE, **{"attack-params": {"steps": 5000}})
+    deadline = time.monotonic() + 60
+    while served.get(f"{BASE}/{running}", headers=ALICE).get_json()["job-status"] != "started":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = served.delete(f"{BASE}?status=started", headers=ALICE)
+    assert r.get_json()["evaluations"] == [{"job_id": running, "was": "started"}]
+    assert served.get(f"{BASE}/{running}", headers=ALICE).status_code == 404
+    assert status(BOB, post(served, "bob", BOB))["job-status"] == "finished"
 
     for url, headers, code, phrase in [
         (BASE, ALICE, 400, "status: required"),
