@@ -168,7 +168,7 @@ def test_report_shows_figures_checks_classes_and_samples_and_escapes_names(clien
     assert "<b>&" not in html and "&lt;b&gt;&amp;$x^$" in html
     assert "&lt;that PGD did not&gt; &amp; may be masking" in html
     assert "not reliable" in html and "1 of 9 checks warn" in html
-    assert html.count('class="verdict pass"') >= 8 and "A gradient-free attack finds nothing more" in html
+    assert html.count('class="verdict pass"') >= 8 and "Gradient-free attack" in html
     assert "Accuracy per class" in html and "median of 0.05" in html
     assert "attack success rate" in html
     # Two samples, five images each, as data: URIs: the sample is shown at the first epsilon that broke it.
