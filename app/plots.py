@@ -2,8 +2,9 @@
 
 matplotlib takes about 1.5 s to import and holds the GIL while it draws, which would stall
 every other request thread of a gunicorn process (and its heartbeat). So a plot is drawn in
-a child process, one per API process, started on the first plot (``spawn``: never a fork of
-a threaded server) and kept; the request thread only waits for the bytes. Nothing here
+a child process (``python -m app.plots``; never a fork of a threaded server), one per API
+process, started on the first plot and kept; the request thread only waits for the bytes.
+One child draws one plot at a time, so plotting takes at most one core per API process. Nothing here
 imports matplotlib in the API process itself. A finished evaluation's output never changes,
 so a job's plots are cached in its directory, keyed by what they show.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import select
 import struct
@@ -49,7 +51,8 @@ def draw(spec: dict[str, Any], fmt: str) -> bytes:
         baseline = s["role"] == "baseline"
         colour = "#7f7f7f" if baseline else COLOURS[attacks % len(COLOURS)]
         attacks += not baseline
-        ax.fill_between(s["x"], s["lo"], s["hi"], color=colour, alpha=0.12 if baseline else 0.2, linewidth=0)
+        lo, hi = ([math.nan if v is None else v for v in s[key]] for key in ("lo", "hi"))  # no interval: no band
+        ax.fill_between(s["x"], lo, hi, color=colour, alpha=0.12 if baseline else 0.2, linewidth=0)
         label = f" {s['label']}" if s["label"].startswith("_") else s["label"]  # a leading '_' would hide it from the legend
         ax.plot(s["x"], s["y"], marker="o", markersize=3.5, color=colour, linestyle="--" if baseline else "-", label=label)
     ax.set_ylim(-0.02, 1.02)
