@@ -115,6 +115,8 @@ def read_inspection(job_dir: Path | None) -> list[dict[str, Any]] | None:
                 "clean": {"prediction": clean.get("prediction"), "confidence": _number(clean.get("confidence"))},
                 "epsilon": _number(chosen.get("epsilon")),
                 "broken": chosen.get("adversarial") is True,
+                # Misclassified before any perturbation: counted as broken at every epsilon, but no attack's doing.
+                "wrong-clean": clean.get("prediction") is not None and clean.get("prediction") != entry.get("label"),
                 "adversarial": {"prediction": chosen.get("prediction"), "confidence": _number(chosen.get("confidence"))},
                 "norm": _number(chosen.get("norm")),
                 "images": _images(job_dir, i, k),

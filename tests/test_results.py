@@ -105,8 +105,8 @@ def write_inspection(job_dir, n_eps: int) -> None:
              "true-confidence": 0.1, "norm": e, "trace": None}
             for k, e in enumerate(EPS)
         ]
-        samples.append({"sample": i, "position": i, "index": 10 + i, "label": 3,
-                        "clean": {"prediction": 3, "confidence": 0.97, "true-confidence": 0.97}, "epsilons": epsilons})
+        clean = {"prediction": 3 if i == 0 else 4, "confidence": 0.97, "true-confidence": 0.97}  # sample 1: wrong when clean
+        samples.append({"sample": i, "position": i, "index": 10 + i, "label": 3, "clean": clean, "epsilons": epsilons})
     (job_dir / "inspection" / "index.json").write_text(json.dumps({"samples": samples}))
 
 
@@ -174,6 +174,7 @@ def test_report_shows_figures_checks_classes_and_samples_and_escapes_names(clien
     # Two samples, five images each, as data: URIs: the sample is shown at the first epsilon that broke it.
     assert html.count('alt="adversarial"') == 2 and html.count("data:image/png;base64,") == 1 + 2 * 5
     assert "dataset index 10" in html and "epsilon 0.1" in html and "predicted 7" in html
+    assert html.count("misclassified before the attack") == 1 and html.count('class="verdict warn">broken') == 1
     assert "Not in this evaluation" not in html
 
     table = list(csv.DictReader(io.StringIO(client.get(f"{BASE}/{job_id}/output/csv").get_data(as_text=True))))
