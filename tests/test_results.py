@@ -11,7 +11,6 @@ import shutil
 import time
 import xml.etree.ElementTree as ET
 
-import pytest
 import redis
 from PIL import Image
 
@@ -230,54 +229,6 @@ def test_comparison_plot_and_its_errors(client, worker, settings):
         assert r.status_code == status and r.is_json and phrase in r.get_json()["error"], (url, r.status_code, r.get_data()[:300])
 
 
-def test_attacks_catalogue_is_what_the_validator_accepts(client, settings):
-    from app import schemas
-
-    body = client.get("/api/attacks").get_json()
-    listed = {a["name"]: a for a in body["attacks"]}
-    assert set(listed) == {*schemas.ATTACKS, "noise"} and all(a["paper"] for n, a in listed.items() if n != "noise")
-    assert {a["name"] for a in client.get("/api/attacks/max-norm").get_json()["attacks"]} == set(schemas.ATTACKS)
-    assert [a["name"] for a in client.get("/api/attacks/random").get_json()["attacks"]] == ["noise"]
-    r = client.get("/api/attacks/gaussian")
-    assert r.status_code == 404 and "known: ['max-norm', 'random']" in r.get_json()["error"]
-
-    def request(name: str, params: dict) -> dict:
-        base = {"trained-model": "m.onnx", "dataset": "d.h5"}
-        base.update({"perturbation-type": "random"} if name == "noise" else {"attack": name})
-        return schemas.evaluation_request({**base, "attack-params": params})
-
-    for name, attack in listed.items():
-        assert set(attack["norms"]) == set(schemas.NORMS) and attack["description"]
-        # The listed defaults are the ones a request gets.
-        assert request(name, {})["attack-params"] == attack["defaults"] == {p["name"]: p["default"] for p in attack["parameters"]}
-        for p in attack["parameters"]:
-            key = p["name"]
-            assert request(name, {key: p["default"]})["attack-params"][key] == p["default"]  # a default out of range fails here
-            if p["type"] in ("integer", "number"):
-                low = p["minimum"] + (1 if p["type"] == "integer" else 1e-6)
-                for ok in (low, p["maximum"]):
-                    assert request(name, {key: ok})["attack-params"][key] == ok
-                for bad in (p["minimum"] - (1 if p["type"] == "integer" else 0), p["maximum"] * 1.5 + 1):
-                    with pytest.raises(Exception, match=f"attack-params.{key}"):
-                        request(name, {key: bad})
-            elif p["type"] == "string":
-                for choice in p["choices"]:
-                    assert request(name, {key: choice})["attack-params"][key] == choice
-                with pytest.raises(Exception, match="must be one of"):
-                    request(name, {key: "bogus"})
-            else:
-                with pytest.raises(Exception, match="expected true or false"):
-                    request(name, {key: 1})
-    # Over HTTP: the catalogue's limits are the API's (a queue no worker serves: nothing runs).
-    nobody = queue_client(settings, "results-nobody")
-    steps = next(p for p in listed["pgd"]["parameters"] if p["name"] == "steps")
-    ok = {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", **SMALL, "attack": "pgd"}
-    assert nobody.post(BASE, json={**ok, "attack-params": {"steps": steps["maximum"]}}).status_code == 202
-    r = nobody.post(BASE, json={**ok, "attack-params": {"steps": steps["maximum"] + 1}})
-    assert r.status_code == 400 and r.get_json()["details"]["field"] == "attack-params.steps"
-    assert f"between 1 and {steps['maximum']}" in r.get_json()["error"]
-
-
 KEYS = {"key-alice": "alice", "key-bob": "bob"}
 ALICE, BOB = {"X-API-Key": "key-alice"}, {"X-API-Key": "key-bob"}
 
@@ -381,30 +332,3 @@ def test_plots_and_report_through_gunicorn(redis_server, appdata, worker, assets
         assert_self_contained(got["report"][2].decode())
     finally:
         stop_process(api)
-
-
-def nullable_to_json_schema(node):
-    """OpenAPI 3.0's ``nullable: true`` as JSON Schema (null allowed), recursively."""
-    if isinstance(node, dict):
-        out = {k: nullable_to_json_schema(v) for k, v in node.items() if k != "nullable"}
-        return {"anyOf": [out, {"type": "null"}]} if node.get("nullable") else out
-    return [nullable_to_json_schema(v) for v in node] if isinstance(node, list) else node
-
-
-def test_openapi_describes_the_results_endpoints_and_their_answers_conform(client):
-    import jsonschema_rs
-
-    doc = client.get("/api/openapi.json").get_json()
-    for path in ("/output/csv", "/plot.png", "/plot.svg", "/report"):
-        assert "get" in doc["paths"][f"/api/security_evaluations/{{job_id}}{path}"]
-    assert "delete" in doc["paths"]["/api/security_evaluations"] and "get" in doc["paths"]["/api/plots"]
-    components = nullable_to_json_schema(doc["components"])
-
-    def conforms(name: str, instance: dict) -> None:
-        jsonschema_rs.Draft4Validator({"$ref": f"#/components/schemas/{name}", "components": components}).validate(instance)
-
-    conforms("AttackList", client.get("/api/attacks").get_json())
-    conforms("AttackList", client.get("/api/attacks/max-norm").get_json())
-    conforms("BulkDelete", client.delete(f"{BASE}?status=failed").get_json())
-    with pytest.raises(ValueError):  # the schemas are real: a wrong answer does not conform
-        conforms("BulkDelete", {"deleted": "2", "ids": [], "evaluations": [], "more": False})
