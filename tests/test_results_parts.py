@@ -11,7 +11,7 @@ from test_results import BASE, EPS, SMALL, png, write_inspection
 from conftest import queue_client
 
 
-def test_attacks_catalogue_is_what_the_validator_accepts(client, settings):
+def test_attacks_catalogue_is_what_the_validator_accepts(client, settings, assets):
     from app import schemas
 
     body = client.get("/api/attacks").get_json()
