@@ -57,15 +57,20 @@ function render(view) {
   if (picked) entry.row.querySelector("input.pick").checked = true;
 }
 
+function listPage(cursor) {
+  return api(`/api/security_evaluations?include=summary&limit=${PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+}
+
 async function load() {
-  names = await fileNames();
-  let cursor = null;
-  do {
-    const query = `?include=summary&limit=${PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
-    const page = await api(`/api/security_evaluations${query}`);
+  let page;
+  [names, page] = await Promise.all([fileNames(), listPage(null)]);  // two round trips at once
+  page.evaluations.forEach(render);
+  let cursor = page["next-cursor"];
+  while (cursor && rows.size < MAX_ROWS) {
+    page = await listPage(cursor);
     page.evaluations.forEach(render);
     cursor = page["next-cursor"];
-  } while (cursor && rows.size < MAX_ROWS);
+  }
   if (cursor) say(message, `Showing the ${rows.size} oldest evaluations of more.`);
   document.getElementById("list-empty").hidden = rows.size > 0;
 }
