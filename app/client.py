@@ -34,7 +34,9 @@ class Client:
         self.base = base_url.rstrip("/")
         self.api_key, self.timeout = api_key, timeout
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, Any]:
+    def send(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
+        """One request; returns (status, raw body). An error status raises ApiError (its JSON body
+        decoded); a redirect is returned as is, not followed."""
         req = urllib.request.Request(self.base + path, data=body, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
@@ -43,17 +45,24 @@ class Client:
         opener = urllib.request.build_opener(_NoRedirect)
         try:
             with opener.open(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
+                return resp.status, resp.read()
         except urllib.error.HTTPError as err:
             raw = err.read()
+            if err.code in (301, 302, 303, 307, 308):
+                return err.code, json.dumps({"location": err.headers.get("Location")}).encode()
             try:
                 payload = json.loads(raw)
             except ValueError:
                 payload = raw.decode(errors="replace")
-            if err.code in (301, 302, 303, 307, 308):
-                return err.code, {"location": err.headers.get("Location")}
             raise ApiError(err.code, payload) from None
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, Any]:
+        status, raw = self.send(method, path, body, content_type)
+        return status, json.loads(raw) if raw else None
+
+    def download(self, path: str) -> bytes:
+        """A document the API serves (``…/output/csv``, ``…/plot.png``, ``…/report``) as bytes."""
+        return self.send("GET", path)[1]
 
     def json(self, method: str, path: str, payload: Any = None) -> Any:
         body = json.dumps(payload).encode() if payload is not None else None

@@ -115,6 +115,11 @@ def run_demo(appdata: Path | None = None, output_dir: Path = Path("demo-output")
             ):
                 fh.write(f"{x},{y},{b}\n")
         print(f"curve written to {output_dir / 'curve.json'} and {output_dir / 'curve.csv'}")
+        results = f"/api/security_evaluations/{attack['job_id']}"
+        for name, path in (("plot.png", f"{results}/plot.png?baseline={noise['job_id']}"),
+                           ("report.html", f"{results}/report?baseline={noise['job_id']}")):
+            (output_dir / name).write_bytes(client.download(path))
+        print(f"plot and report written to {output_dir / 'plot.png'} and {output_dir / 'report.html'} (open it in a browser)")
     finally:
         stop(processes)
         if redis_server:

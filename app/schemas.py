@@ -10,17 +10,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import attack_catalog as catalog
 from .exceptions import ValidationError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-ATTACKS = ("pgd", "fgsm", "apgd", "fmn", "auto")
-NORMS = ("linf", "l2")
+ATTACKS = catalog.REQUESTABLE
+NORMS = catalog.NORMS
 DEFAULT_PERTURBATION_VALUES = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1]
 FAST_MODE_SAMPLES = 100
 MAX_BATCH_SIZE = 4096
-MAX_STEPS = 10_000
+MAX_STEPS = catalog.MAX_STEPS
 # Caps on every list a request carries (the body itself is limited to MAX_JSON_KB, 256 KiB by default).
 MAX_INDEXES = 10_000
 MAX_CHANNELS = 16
@@ -33,16 +34,10 @@ MIN_SHARD_SIZE = 16
 MAX_SHARD_SIZE = 10**7
 MAX_OUTPUT_INDEX = 1023  # below onnx_inspection.MAX_MODEL_OUTPUTS
 
-# Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon).
-ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
-    "fgsm": {},
-    "pgd": {"steps": 50, "step-size": 0.1, "random-start": True, "restarts": 1},
-    "apgd": {"steps": 100, "restarts": 1, "loss": "ce+dlr-targeted", "n-target-classes": 9},
-    "fmn": {"steps": 200, "step-size": 1.0, "gamma": 0.05},
-    "auto": {"fmn-steps": 200, "apgd-steps": 100, "n-target-classes": 3},
-    "noise": {"restarts": 1},
-}
-APGD_LOSSES = ("ce", "dlr", "dlr-targeted", "ce+dlr-targeted")
+# Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon), derived
+# from the one table in ``app.attack_catalog`` that also validates them and feeds ``GET /api/attacks``.
+ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {a.name: a.defaults() for a in catalog.ATTACKS}
+APGD_LOSSES = catalog.APGD_LOSSES
 
 REQUEST_FIELDS = (
     "trained-model",
@@ -139,31 +134,30 @@ def attack_parameters(attack: str, raw: Any) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise _fail(field, "expected an object")
-    spec = ATTACK_PARAMETERS[attack]
+    spec = catalog.params_of(attack)
     unknown = sorted(set(raw) - set(spec))
     if unknown:
         raise _fail(field, f"{_show(unknown)} not accepted by '{attack}'; accepted: {sorted(spec)}")
-    params = dict(spec)
+    params = {name: p.default for name, p in spec.items()}
     for key, value in raw.items():
-        name = f"{field}.{key}"
-        if key in ("steps", "fmn-steps", "apgd-steps"):
-            params[key] = _integer(name, value, 1, MAX_STEPS)
-        elif key == "restarts":
-            params[key] = _integer(name, value, 1, 100)
-        elif key == "n-target-classes":
-            params[key] = _integer(name, value, 1, 100)
-        elif key in ("step-size", "gamma"):
-            v = _number(name, value)
-            if not 0 < v <= 10:
-                raise _fail(name, f"must be in (0, 10], got {v}")
-            params[key] = v
-        elif key == "random-start":
-            if not isinstance(value, bool):
-                raise _fail(name, "expected true or false")
-            params[key] = value
-        elif key == "loss":
-            params[key] = _choice(name, value, APGD_LOSSES)
+        params[key] = parameter(f"{field}.{key}", spec[key], value)
     return params
+
+
+def parameter(name: str, spec: catalog.Param, value: Any) -> Any:
+    """One attack parameter checked against its row of the catalog (type, range or choices)."""
+    if spec.kind == "integer":
+        return _integer(name, value, int(spec.minimum), int(spec.maximum))
+    if spec.kind == "number":
+        v = _number(name, value)
+        if not spec.minimum < v <= spec.maximum:
+            raise _fail(name, f"must be in ({spec.minimum:g}, {spec.maximum:g}], got {v}")
+        return v
+    if spec.kind == "boolean":
+        if not isinstance(value, bool):
+            raise _fail(name, "expected true or false")
+        return value
+    return _choice(name, value, spec.choices)
 
 
 def preprocessing(raw: Any, missing: bool) -> dict[str, list[float]]:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import evaluations, files, health, openapi
+    from . import evaluations, files, health, openapi, results
 
     app.before_request(body_limits.limit_body)
     app.before_request(auth.authenticate)
@@ -24,6 +24,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(evaluations.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(results.bp)
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):

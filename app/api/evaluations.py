@@ -23,6 +23,8 @@ bp = Blueprint("evaluations", __name__, url_prefix="/api/security_evaluations")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FIELD_KIND = {"trained-model": "model", "dataset": "dataset"}
 SUMMARY_FIELDS = ("sec-curve", "clean-accuracy", "sec-value", "sec-level", "n-samples", "reliable")
+MAX_BULK_DELETE = 100  # evaluations one bulk DELETE removes; "more": true asks for another call
+BULK_PAGES = 5  # status-filtered pages (2,000 index entries each) one bulk DELETE examines per status
 
 
 @bp.errorhandler(validation.StillValidating)
@@ -188,11 +190,45 @@ def output(job_id: str):
 @bp.delete("/<job_id>")
 def delete(job_id: str):
     rec = owned_evaluation(job_id)
-    records = get_records()
+    remove(rec)
+    return jsonify({"job_id": job_id, "deleted": True, "was": rec["job-status"]})
+
+
+def remove(rec: dict[str, Any]) -> None:
+    """Delete one evaluation: a queued one is canceled, a running one stopped, then its files go."""
+    job_id, records = rec["job_id"], get_records()
     # Delete the record first: a running job checks for it and stops writing (a merge finds no parent).
     records.delete_evaluation(job_id)
     if rec.get("shards"):
         shards.delete(records, get_storage(), rec)
     jobqueue.stop_job(get_redis(), job_id)
     get_storage().remove_job_dir(job_id)
-    return jsonify({"job_id": job_id, "deleted": True, "was": rec["job-status"]})
+
+
+@bp.delete("")
+def delete_many():
+    """``?status=a[,b]`` (required): delete up to ``MAX_BULK_DELETE`` of the caller's evaluations in those
+    statuses, each exactly as ``DELETE /<job_id>`` does; ``more`` says whether to call again."""
+    raw = request.args.get("status")
+    wanted = [s.strip() for s in (raw or "").split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STATUSES]
+    if not wanted or unknown:
+        problem = f"unknown status {unknown[0][:40]!r}" if unknown else "required"
+        raise ValidationError(
+            f"status: {problem}; give one or more of {list(STATUSES)}, comma separated", details={"field": "status"}
+        )
+    records, removed, more = get_records(), [], False
+    for status in dict.fromkeys(wanted):
+        cursor, pages = None, 0
+        while len(removed) < MAX_BULK_DELETE:
+            recs, cursor = records.evaluation_page(auth.tenant(), MAX_BULK_DELETE - len(removed), cursor, status)
+            for rec in recs:
+                remove(rec)
+                removed.append({"job_id": rec["job_id"], "was": rec["job-status"]})
+            pages += 1
+            if cursor is None or pages == BULK_PAGES:
+                break
+        more = more or cursor is not None or len(removed) >= MAX_BULK_DELETE
+        if len(removed) >= MAX_BULK_DELETE:
+            break
+    return jsonify({"deleted": len(removed), "ids": [r["job_id"] for r in removed], "evaluations": removed, "more": more})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from .. import __version__, paging, schemas
+from . import openapi_results
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
 
@@ -104,7 +105,7 @@ UPLOAD = {
 
 
 def document() -> dict:
-    return {
+    doc = {
         "openapi": "3.0.3",
         "info": {"title": "secev security evaluations", "version": __version__},
         "paths": {
@@ -168,6 +169,8 @@ def document() -> dict:
             }
         },
     }
+    # The results endpoints and bulk delete are described in their own module, merged in here.
+    return openapi_results.merge(doc)
 
 
 @bp.get("/openapi.json")
