@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import redis  # noqa: E402
 from browser import chrome, wait_for  # noqa: E402
-from conftest import start_api, stop_process  # noqa: E402
 
 from app.records import Records  # noqa: E402
 from app.redis_server import RedisServer, free_port  # noqa: E402
+from conftest import start_api, stop_process  # noqa: E402
 
 
 def output(i: int) -> dict:
