@@ -75,7 +75,7 @@ def endpoint_exists(server, path: str) -> bool:
     """Whether the service has an endpoint another branch adds (report, CSV, plots): a missing route is a
     plain 404 "Not Found", a missing object names itself."""
     try:
-        server.client.request("GET", path)
+        server.client.send("GET", path)
         return True
     except ApiError as exc:
         return not (exc.status in (404, 405) and isinstance(exc.body, dict) and exc.body.get("error") == "Not Found")
@@ -111,7 +111,7 @@ def test_whole_path_key_upload_submit_progress_curve_report_list_compare_delete(
     choose(d, "#attack", "pgd")
     fill(d, "#perturbation-values", BUDGETS)
     choose(d, "#preprocessing", "none")
-    fill(d, "#param-steps", "100")
+    fill(d, "#param-steps", "40")
     css(d, "#submit")[0].click()
     job_id = wait_for(lambda: re.search(f"/evaluations/({UUID})$", d.current_url), 30, "the evaluation page")[1]
     assert KEY not in d.current_url
@@ -194,6 +194,18 @@ def test_whole_path_key_upload_submit_progress_curve_report_list_compare_delete(
     with pytest.raises(ApiError) as gone:
         server.client.status(job_id)
     assert gone.value.status == 404
+
+    # Bulk delete from the list (two clicks), where the service has it.
+    wait_for(lambda: css(d, f"tr[data-job='{second}']"), 30, "the list")
+    choose(d, "#bulk-status", "finished")
+    css(d, "#bulk-delete")[0].click()
+    css(d, "#bulk-delete")[0].click()
+    if endpoint_exists(server, "/api/attacks"):  # the same branch adds the bulk delete
+        wait_for(lambda: "Deleted 1 finished" in text(d, "#list-message"), 30, "the bulk delete")
+        assert not css(d, f"tr[data-job='{second}']")
+        assert server.client.json("GET", "/api/security_evaluations")["count"] == 0
+    else:
+        wait_for(lambda: "no bulk delete" in text(d, "#list-message"), 30, "the missing-endpoint message")
     assert console_errors(d) == []
     assert docs_shot.is_file()
 

@@ -47,7 +47,10 @@ def index():
 def new():
     # The form's fallback when the service has no GET /api/attacks: the schema's own defaults.
     fallback = {
-        "attacks": [{"name": n, "parameters": p} for n, p in schemas.ATTACK_PARAMETERS.items() if n != "noise"],
+        "attacks": [
+            {"name": n, "parameters": p, "perturbation-type": "random" if n == "noise" else "max-norm"}
+            for n, p in schemas.ATTACK_PARAMETERS.items()
+        ],
         "norms": list(schemas.NORMS),
         "perturbation-values": schemas.DEFAULT_PERTURBATION_VALUES,
         "fast-mode-samples": schemas.FAST_MODE_SAMPLES,

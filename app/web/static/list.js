@@ -123,13 +123,20 @@ bulkButton.addEventListener("click", async () => {
   }
   armed = false;
   bulkButton.textContent = "Delete…";
+  let deleted = 0;
   try {
-    const answer = await api(`/api/security_evaluations?status=${encodeURIComponent(status)}`, { method: "DELETE" });
-    const count = answer.deleted ?? answer.count ?? "the";
-    say(message, `Deleted ${Array.isArray(count) ? count.length : count} ${status} evaluation(s).`, "ok");
-    for (const [id, entry] of rows) {
-      if (entry.view["job-status"] === status) { entry.row.remove(); rows.delete(id); }
+    // Each call removes a bounded number ("more": call again).
+    for (let calls = 0, more = true; more && calls < 100; calls++) {
+      const answer = await api(`/api/security_evaluations?status=${encodeURIComponent(status)}`, { method: "DELETE" });
+      for (const id of answer.ids || []) {
+        rows.get(id)?.row.remove();
+        rows.delete(id);
+      }
+      deleted += answer.deleted || 0;
+      more = Boolean(answer.more) && (answer.deleted || 0) > 0;
     }
+    say(message, `Deleted ${deleted} ${status} evaluation(s).`, "ok");
+    document.getElementById("list-empty").hidden = rows.size > 0;
   } catch (err) {
     say(message, missingEndpoint(err) ? "This service has no bulk delete (DELETE /api/security_evaluations?status=)."
       : `Bulk delete failed: ${err.message}`, "error");

@@ -76,8 +76,9 @@ function normalize(answer) {
     if (Array.isArray(params)) params = Object.fromEntries(params.map((p) => [p.name, p]));
     const spec = Object.fromEntries(Object.entries(params).map(([k, p]) =>
       [k, p !== null && typeof p === "object" && !Array.isArray(p) ? p : { default: p }]));
-    return { name: a.name || a.id, paper: a.paper, description: a.description, norms: a.norms, parameters: spec };
-  }).filter((a) => a.name && a.name !== "noise");
+    return { name: a.name || a.id, title: a.title, paper: a.paper, description: a.description, parameters: spec,
+      random: a["perturbation-type"] === "random" };
+  }).filter((a) => a.name);
 }
 
 function paramField(attack, name, spec) {
@@ -101,11 +102,24 @@ function paramField(attack, name, spec) {
 }
 
 function showParams() {
-  const attack = attacks.find((a) => a.name === document.getElementById("attack").value);
+  const attack = selectedAttack();
   const box = document.getElementById("attack-params");
   box.replaceChildren(...Object.entries(attack ? attack.parameters : {}).map(([n, s]) => paramField(attack, n, s)));
-  const info = document.getElementById("attack-info");
-  info.textContent = attack ? [attack.description, attack.paper && `paper: ${attack.paper}`].filter(Boolean).join(" · ") : "";
+  document.getElementById("attack-info").replaceChildren(...(attack ? [attack.description || "", " ", paperOf(attack.paper)] : []));
+}
+
+/** A paper as text, linked when the catalogue gives an https URL. */
+function paperOf(paper) {
+  if (!paper) return "";
+  if (typeof paper !== "object") return `(${paper})`;
+  const cite = [paper.authors, paper.venue].filter(Boolean).join(", ");
+  const title = /^https:\/\//.test(paper.url || "")
+    ? el("a", { href: paper.url, target: "_blank", rel: "noopener noreferrer" }, paper.title || paper.url) : paper.title || "";
+  return el("span", {}, "(", title, cite ? `, ${cite}` : "", ")");
+}
+
+function selectedAttack() {
+  return attacks.find((a) => a.name === document.getElementById("attack").value);
 }
 
 async function loadAttacks() {
@@ -117,7 +131,8 @@ async function loadAttacks() {
   }
   if (!attacks.length) attacks = normalize(fallback);
   const select = document.getElementById("attack");
-  select.replaceChildren(...attacks.map((a) => el("option", { value: a.name, selected: a.name === "pgd" }, a.name)));
+  select.replaceChildren(...attacks.map((a) => el("option", { value: a.name, selected: a.name === "pgd" },
+    a.random ? `${a.name} (random-noise baseline, no attack)` : a.title ? `${a.name}: ${a.title}` : a.name)));
   document.getElementById("norm").replaceChildren(...fallback.norms.map((n) => el("option", { value: n }, n)));
   document.getElementById("perturbation-values").value = fallback["perturbation-values"].join(", ");
   showParams();
@@ -139,6 +154,10 @@ function request() {
     else if (input.value.trim() !== "") params[input.dataset.param] = value(input.value);
   }
   body["attack-params"] = params;
+  if (selectedAttack()?.random) {  // the noise baseline is a perturbation type, not an attack
+    body["perturbation-type"] = "random";
+    delete body.attack;
+  }
   const pre = form.elements.preprocessing.value;
   if (pre === "none") body.preprocessing = {};
   if (pre === "custom") {
