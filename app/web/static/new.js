@@ -85,7 +85,8 @@ function paramField(attack, name, spec) {
   const id = `param-${name}`;
   const field = `attack-params.${name}`;
   const hint = [spec.description, spec.range && `range ${JSON.stringify(spec.range)}`,
-    spec.minimum !== undefined && `min ${spec.minimum}`, spec.maximum !== undefined && `max ${spec.maximum}`,
+    spec.minimum !== undefined && spec.minimum !== null && `${spec["exclusive-minimum"] ? "above" : "min"} ${spec.minimum}`,
+    spec.maximum !== undefined && spec.maximum !== null && `max ${spec.maximum}`,
     Array.isArray(spec.choices) && `one of ${spec.choices.join(", ")}`].filter(Boolean).join("; ");
   let input;
   if (typeof spec.default === "boolean") {
