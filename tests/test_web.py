@@ -273,10 +273,23 @@ def test_pages_need_no_key_carry_a_csp_and_escape_the_url(settings):
     assert client.get("/nothing-here").get_json()["error"] == "Not Found"
 
 
-def test_list_summary_is_opt_in_and_checked(settings):
-    from app import create_app
-
-    client = create_app(settings).test_client()
+def test_list_summary_gives_finished_curves_in_one_request(app, client):
+    """The list's thumbnails come from ``include=summary``: each finished evaluation's curve and headline,
+    nothing for the others, kept on the next page's link; anything else in ``include`` is a 400."""
+    records = app.extensions["secev"]["records"]
+    request = {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", "attack": "pgd", "norm": "linf"}
+    curve = {"x-values": [0.0, 0.1], "y-values": [0.9, 0.4]}
+    done = records.create_evaluation(request, "public", {})
+    records.set_status(done, "finished", result={"sec-curve": curve, "sec-value": 0.6, "sec-level": "medium",
+                                                 "clean-accuracy": 0.9, "attack": {"repr": "x" * 5000}})
+    queued = records.create_evaluation(request, "public", {})
+    plain = client.get("/api/security_evaluations").get_json()["evaluations"]
+    assert all("summary" not in e for e in plain)  # opt-in: the plain list is unchanged
+    first = client.get("/api/security_evaluations?include=summary&limit=1").get_json()
+    headline = {"sec-curve": curve, "clean-accuracy": 0.9, "sec-value": 0.6, "sec-level": "medium"}
+    assert first["evaluations"][0]["summary"] == headline
+    assert "include=summary" in first["links"]["next"]
+    second = client.get(first["links"]["next"]).get_json()["evaluations"]
+    assert second[0]["job_id"] == queued and "summary" not in second[0]
     bad = client.get("/api/security_evaluations?include=everything")
     assert bad.status_code == 400 and bad.get_json()["details"]["field"] == "include"
-    assert client.get("/api/security_evaluations?include=summary").get_json() == {"evaluations": [], "count": 0}
