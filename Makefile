@@ -24,7 +24,7 @@ test: $(VENV)/.dev browser  ## install, lint, then run the whole test suite (the
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The web UI's tests drive Debian's chromium and chromium-driver (tests/browser.py); installed here when
-# either is missing (CI runs as root; elsewhere through sudo). SECEV_NO_BROWSER=1 skips the install, and
+# either is missing (CI runs as root; elsewhere through sudo), with a font for readable screenshots. SECEV_NO_BROWSER=1 skips the install, and
 # the browser tests then skip; without it a missing browser fails them.
 CHROMIUM     ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
@@ -39,7 +39,7 @@ browser:
 	  else echo "installing chromium needs root or sudo (or set SECEV_NO_BROWSER=1)" >&2; exit 1; fi; \
 	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
 	  $$SUDO apt-get update -q && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation; \
 	fi
 
 lint: $(VENV)/.dev
