@@ -24,8 +24,8 @@ test: $(VENV)/.dev browser  ## install, lint, then run the whole test suite (the
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The web UI's tests drive Debian's chromium and chromium-driver (tests/browser.py); installed here when
-# either is missing (CI runs as root; elsewhere through sudo), with a font for readable screenshots. SECEV_NO_BROWSER=1 skips the install, and
-# the browser tests then skip; without it a missing browser fails them.
+# either is missing (CI runs as root; elsewhere through sudo), with a font for readable screenshots.
+# SECEV_NO_BROWSER=1 skips the install, and the browser tests then skip; without it a missing browser fails them.
 CHROMIUM     ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 browser:
