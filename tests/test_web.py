@@ -183,6 +183,17 @@ def test_whole_path_key_upload_submit_progress_curve_report_list_compare_delete(
     assert set(d.current_url.split("jobs=")[1].split(",")) == {job_id, second}
     assert len(css(d, "#compare-rows tbody tr")) == 2
     screenshot(d, "compare")
+    css(d, "#compare-png")[0].click()
+    if endpoint_exists(server, f"/api/plots?jobs={job_id},{second}"):
+        assert downloaded(d, "comparison.png").startswith(b"\x89PNG\r\n")
+    else:
+        wait_for(lambda: "no combined plot" in text(d, "#compare-message"), 30, "the missing-plots message")
+    # With no ids in the URL, the page offers the finished evaluations to pick from.
+    d.get(server.url + "/compare")
+    for box in wait_for(lambda: len(css(d, "#choices input")) == 2 and css(d, "#choices input"), 30, "the picker"):
+        box.click()
+    css(d, "#compare-go")[0].click()
+    wait_for(lambda: len(css(d, "#compare-curve svg polyline.series")) == 2, 30, "two curves from the picker")
 
     # Delete from the evaluation page (two clicks), back on the list, gone from the API.
     d.get(f"{server.url}/evaluations/{job_id}")
