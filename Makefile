@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench large compat load serve worker clean
+.PHONY: demo test lint browser bench large compat load serve worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,28 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 demo: $(VENV)/.runtime  ## install, then run the whole service end to end on the demo model
 	$(BIN)/python -m app demo
 
-test: $(VENV)/.dev  ## install, lint, then run the whole test suite (the slow load test runs with `make load`)
+test: $(VENV)/.dev browser  ## install, lint, then run the whole test suite (the slow load test runs with `make load`)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The web UI's tests drive Debian's chromium and chromium-driver (tests/browser.py); installed here when
+# either is missing (CI runs as root; elsewhere through sudo), with a font for readable screenshots.
+# SECEV_NO_BROWSER=1 skips the install, and the browser tests then skip; without it a missing browser fails them.
+CHROMIUM     ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+browser:
+	@if [ "$$SECEV_NO_BROWSER" = 1 ]; then echo "SECEV_NO_BROWSER=1: no browser installed, the browser tests will skip"; \
+	elif [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "the browser tests need $(CHROMIUM) and $(CHROMEDRIVER) (Debian: chromium, chromium-driver); no apt-get here:" \
+	       "install them, or set SECEV_NO_BROWSER=1 to skip those tests" >&2; exit 1; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "installing chromium needs root or sudo (or set SECEV_NO_BROWSER=1)" >&2; exit 1; fi; \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation; \
+	fi
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

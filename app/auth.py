@@ -1,7 +1,7 @@
 """API keys and tenants.
 
 With no keys configured the service is open and every object belongs to the
-tenant ``public``. With keys, each request but ``/api/health`` must carry one
+tenant ``public``. With keys, each API request but ``/api/health`` must carry one
 (``X-API-Key`` header or ``Authorization: Bearer``), and it sees only its tenant's objects.
 """
 
@@ -22,7 +22,8 @@ OPEN_PATHS = ("/api/health", "/api/openapi.json")
 def authenticate() -> None:
     """``before_request`` hook: set ``g.tenant`` or refuse the request."""
     keys = get_settings().api_keys
-    if not keys or request.path in OPEN_PATHS:
+    # The web pages (``app.web``) carry no data: their scripts call the API with the key the user entered.
+    if not keys or request.path in OPEN_PATHS or not request.path.startswith("/api/"):
         g.tenant = PUBLIC
         return
     supplied = request.headers.get("X-API-Key", "")

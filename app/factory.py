@@ -47,4 +47,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     extensions.init_app(app)
     register_blueprints(app)
+    from .web import bp as web_pages
+
+    app.register_blueprint(web_pages)
     return app

@@ -388,6 +388,14 @@ class Records:
         raw = self.redis.get(self.key("result", job_id))
         return json.loads(raw) if raw else None
 
+    def results(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Several outputs in one pipelined round trip, by id; missing ones are left out."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.get(self.key("result", job_id))
+            raws = pipe.execute()
+        return {job_id: json.loads(raw) for job_id, raw in zip(ids, raws) if raw}
+
     # -- uploaded files ------------------------------------------------------
     def add_file(self, kind: str, meta: dict[str, Any]) -> None:
         with self.redis.pipeline() as pipe:

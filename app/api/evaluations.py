@@ -22,6 +22,7 @@ bp = Blueprint("evaluations", __name__, url_prefix="/api/security_evaluations")
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FIELD_KIND = {"trained-model": "model", "dataset": "dataset"}
+SUMMARY_FIELDS = ("sec-curve", "clean-accuracy", "sec-value", "sec-level", "n-samples", "reliable")
 MAX_BULK_DELETE = 100  # evaluations one bulk DELETE removes; "more": true asks for another call
 BULK_PAGES = 5  # status-filtered pages (2,000 index entries each) one bulk DELETE examines per status
 
@@ -145,13 +146,29 @@ def submit():
 
 @bp.get("")
 def list_all():
-    """The caller's evaluations, oldest first, a page at a time (``limit``, ``cursor``)."""
+    """The caller's evaluations, oldest first, a page at a time (``limit``, ``cursor``);
+    ``include=summary`` adds each finished one's curve and headline figures (the web UI's thumbnails)."""
     wanted = request.args.get("status")
     if wanted is not None and wanted not in STATUSES:
         raise ValidationError(f"status: must be one of {list(STATUSES)}", details={"field": "status"})
+    include = request.args.get("include")
+    if include is not None and include != "summary":
+        raise ValidationError("include: must be 'summary' or absent", details={"field": "include"})
     limit, after = page_args(UUID_RE)
-    recs, cursor = get_records().evaluation_page(auth.tenant(), limit, after, wanted)
-    return jsonify(page_body("evaluations", [status_view(rec) for rec in recs], cursor))
+    records = get_records()
+    recs, cursor = records.evaluation_page(auth.tenant(), limit, after, wanted)
+    views = [status_view(rec) for rec in recs]
+    if include:
+        outputs = records.results([v["job_id"] for v in views if v["job-status"] == "finished"])
+        for view in views:
+            if view["job_id"] in outputs:
+                view["summary"] = summary(outputs[view["job_id"]])
+    return jsonify(page_body("evaluations", views, cursor))
+
+
+def summary(output: dict[str, Any]) -> dict[str, Any]:
+    """The headline of an output: enough to draw a thumbnail curve and rank a row, a few hundred bytes."""
+    return {k: output[k] for k in SUMMARY_FIELDS if k in output}
 
 
 @bp.get("/<job_id>")

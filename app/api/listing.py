@@ -10,7 +10,7 @@ from flask import request, url_for
 from ..exceptions import ValidationError
 from ..paging import Cursor, parse_limit
 
-PASSED_ON = ("limit", "status")  # query parameters the next page's URL repeats
+PASSED_ON = ("limit", "status", "include")  # query parameters the next page's URL repeats
 
 
 def page_args(member_re: re.Pattern[str]) -> tuple[int, Cursor | None]:

@@ -138,6 +138,12 @@ def document() -> dict:
                             "in": "query",
                             "schema": {"type": "string", "enum": ["queued", "started", "finished", "failed", "canceled"]},
                         },
+                        {
+                            "name": "include",
+                            "in": "query",
+                            "description": "summary: each finished evaluation's sec-curve and headline figures",
+                            "schema": {"type": "string", "enum": ["summary"]},
+                        },
                         *PAGE,
                     ],
                     "responses": {**_ok("evaluations, a page"), **_errors(400, 401)},
