@@ -32,6 +32,9 @@ SHARD_SIZE = 1024
 MIN_SHARD_SIZE = 16
 MAX_SHARD_SIZE = 10**7
 MAX_OUTPUT_INDEX = 1023  # below onnx_inspection.MAX_MODEL_OUTPUTS
+# Per-sample inspection (``app.samples``): the first this many samples of the selection are re-attacked, traced and drawn.
+DEFAULT_INSPECT_SAMPLES = 8
+MAX_INSPECT_SAMPLES = 32
 
 # Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon).
 ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -64,6 +67,7 @@ REQUEST_FIELDS = (
     "output-index",
     "shards",
     "shard-size",
+    "inspect-samples",
 )
 
 
@@ -245,6 +249,8 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
     req["input-layout"] = _choice("input-layout", body.get("input-layout", "auto"), LAYOUTS)
     req["output-index"] = _integer("output-index", body.get("output-index", 0), 0, MAX_OUTPUT_INDEX)
     req["shards"], req["shard-size"] = sharding(body, req["evaluation-mode"], max_shards)
+    inspect = body.get("inspect-samples", DEFAULT_INSPECT_SAMPLES)
+    req["inspect-samples"] = _integer("inspect-samples", inspect, 1, MAX_INSPECT_SAMPLES)
     return req
 
 

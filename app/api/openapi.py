@@ -59,6 +59,7 @@ EVALUATION_REQUEST = {
         # The maximum is the service's MAX_SHARDS (400 above it); "fast" takes 1 or "auto" only.
         "shards": {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "integer", "minimum": 1}]},
         "shard-size": {"type": "integer", "minimum": schemas.MIN_SHARD_SIZE, "maximum": schemas.MAX_SHARD_SIZE},
+        "inspect-samples": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_INSPECT_SAMPLES},
     },
 }
 
