@@ -23,6 +23,7 @@ MAX_BATCH_SIZE = 4096
 MAX_STEPS = 10_000
 # Caps on every list a request carries (the body itself is limited to MAX_JSON_KB, 256 KiB by default).
 MAX_INDEXES = 10_000
+MAX_SAMPLE_INDEX = 10**9
 MAX_CHANNELS = 16
 MAX_REFERENCE_CHARS = 1024
 LAYOUTS = ("auto", "nchw", "nhwc")
@@ -107,6 +108,11 @@ def _integer(field: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise _fail(field, f"must be between {lo} and {hi}, got {_show(value)}")
     return value
+
+
+def sample_index(field: str, value: Any) -> int:
+    """A position in a dataset (``indexes``, an adversarial example's ``index``)."""
+    return _integer(field, value, 0, MAX_SAMPLE_INDEX)
 
 
 def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -228,7 +234,7 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
     req["evaluation-mode"] = _choice("evaluation-mode", body.get("evaluation-mode", "complete"), ("complete", "fast"))
     indexes = body.get("indexes")
     if indexes is not None:
-        idx = sorted({_integer("indexes", i, 0, 10**9) for i in _list("indexes", indexes, MAX_INDEXES, "sample indexes")})
+        idx = sorted({sample_index("indexes", i) for i in _list("indexes", indexes, MAX_INDEXES, "sample indexes")})
         req["indexes"] = idx
     else:
         req["indexes"] = None
