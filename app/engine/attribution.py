@@ -48,3 +48,9 @@ def integrated_gradients(
         )
         out.append(attr.detach().float().cpu().numpy())
     return np.concatenate(out)
+
+
+def warm_up() -> None:
+    """Import captum and matplotlib's colour maps (seconds, paid once in a worker's parent process, not per job)."""
+    import captum.attr  # noqa: F401
+    from matplotlib import colormaps  # noqa: F401
