@@ -80,7 +80,7 @@ def png(pixels: np.ndarray) -> bytes:
         ratio = MAX_SIDE / longest
         img = img.resize((max(1, round(img.width * ratio)), max(1, round(img.height * ratio))), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    img.save(out, format="PNG", optimize=True)
+    img.save(out, format="PNG")
     return out.getvalue()
 
 

@@ -118,6 +118,7 @@ def inspect(
 
     samples, pngs, traces = [], {}, []
     for i, p in enumerate(pos):
+        ctx.check()  # a sample's images: up to 3 per epsilon, each a fraction of a second at most
         sample = int(p + attack.offset)
         label = int(ys[i])
         entries = []
