@@ -27,9 +27,17 @@ CASES = {
 }
 
 
+def selection(assets) -> list[int]:
+    """24 samples, the first of them one the model misclassifies (so the inspection shows one never attacked)."""
+    with torch.no_grad():
+        wrong = np.flatnonzero(assets.net(torch.from_numpy(assets.x)).argmax(1).numpy() != assets.y)
+    assert len(wrong), "the test model is perfect on the test samples: pick another"
+    return list(range(int(wrong[0]), int(wrong[0]) + 24))
+
+
 def run(assets, tmp_path, attack: str, params: dict) -> tuple[dict, dict, np.ndarray]:
     body = {"trained-model": "m", "dataset": "d", "preprocessing": {}, "perturbation-values": EPS}
-    body.update({"indexes": list(range(24)), "inspect-samples": 6, "attack-params": params})
+    body.update({"indexes": selection(assets), "inspect-samples": 6, "attack-params": params})
     body.update({"perturbation-type": "random"} if attack == "noise" else {"attack": attack})
     out = evaluate(schemas.evaluation_request(body), assets.model, assets.dataset, work_dir=tmp_path)
     index = json.loads((tmp_path / "inspection" / "index.json").read_text())
@@ -65,7 +73,7 @@ def test_every_attack_traces_its_steps_and_agrees_with_the_curve(assets, tmp_pat
                 assert len(t["loss"]) == full, (attack, len(t["loss"]))
             if t["returned-adversarial"] and attack != "fmn":
                 assert t["adversarial-on-path"], "the returned adversarial was a point of the path"
-    assert traced > 0
+    assert traced > 0 and broken[0] == 0, "both kinds: samples attacked and one misclassified before the attack"
 
 
 def test_the_loss_rises_along_a_pgd_path(assets, tmp_path):
