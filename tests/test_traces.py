@@ -126,3 +126,21 @@ def test_the_sweep_runs_no_trace(assets):
     finally:
         Context.__init__ = original
     assert seen and all(t is None for t in seen)
+
+
+def test_a_failing_inspection_leaves_the_curve_and_says_why(assets, tmp_path, monkeypatch):
+    """A fault inside the inspection (here captum refusing the model, which a real model may do) must not
+    cost the user the evaluation: the curve stands, ``inspection.error`` says why there are no samples."""
+    from app.engine import inspect_samples
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("attribution is not supported by this model")
+
+    monkeypatch.setattr(inspect_samples, "integrated_gradients", refuse)
+    body = {"trained-model": "m", "dataset": "d", "preprocessing": {}, "perturbation-values": EPS, "attack": "fgsm"}
+    out = evaluate(
+        schemas.evaluation_request({**body, "indexes": list(range(8))}), assets.model, assets.dataset, work_dir=tmp_path
+    )
+    assert len(out["sec-curve"]["y-values"]) == len(EPS) and out["inspection"]["count"] == 0
+    assert "attribution is not supported" in out["inspection"]["error"]
+    assert not (tmp_path / "inspection").exists()
