@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from . import shards
+from . import samples, shards
 from .config import Config
 from .extensions import connect
 from .records import TERMINAL, Records, now
@@ -80,6 +80,9 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
     work_dir = storage.job_dir(parent["job_id"])
     work_dir.mkdir(parents=True, exist_ok=True)
     write_samples(work_dir, arrays)
+    # Each shard inspected the first samples it held: the parent's inspection is theirs side by side.
+    inspected = samples.merge(work_dir, [storage.job_dir(child["job_id"]) for child in children])
+    errors = [e for r in results if (e := r.get("inspection", {}).get("error"))]
     started = min(c["started_at"] or now() for c in children)
     output = dict(results[0])
     output.update(
@@ -115,6 +118,7 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
                 "wall-seconds": round(time.time() - started, 3),
             },
             "artifacts": {"per-sample": SAMPLES},
+            "inspection": samples.summary(inspected or {"samples": []}, errors[0] if errors else None),
         }
     )
     return output

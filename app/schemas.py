@@ -24,6 +24,7 @@ MAX_BATCH_SIZE = 4096
 MAX_STEPS = catalog.MAX_STEPS
 # Caps on every list a request carries (the body itself is limited to MAX_JSON_KB, 256 KiB by default).
 MAX_INDEXES = 10_000
+MAX_SAMPLE_INDEX = 10**9
 MAX_CHANNELS = 16
 MAX_REFERENCE_CHARS = 1024
 LAYOUTS = ("auto", "nchw", "nhwc")
@@ -33,6 +34,9 @@ SHARD_SIZE = 1024
 MIN_SHARD_SIZE = 16
 MAX_SHARD_SIZE = 10**7
 MAX_OUTPUT_INDEX = 1023  # below onnx_inspection.MAX_MODEL_OUTPUTS
+# Per-sample inspection (``app.samples``): the first this many samples of the selection are re-attacked, traced and drawn.
+DEFAULT_INSPECT_SAMPLES = 8
+MAX_INSPECT_SAMPLES = 32
 
 # Per attack: accepted attack-params and their defaults (step-size is a fraction of epsilon), derived
 # from the one table in ``app.attack_catalog`` that also validates them and feeds ``GET /api/attacks``.
@@ -59,6 +63,7 @@ REQUEST_FIELDS = (
     "output-index",
     "shards",
     "shard-size",
+    "inspect-samples",
 )
 
 
@@ -98,6 +103,11 @@ def _integer(field: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise _fail(field, f"must be between {lo} and {hi}, got {_show(value)}")
     return value
+
+
+def sample_index(field: str, value: Any) -> int:
+    """A position in a dataset (``indexes``, an adversarial example's ``index``)."""
+    return _integer(field, value, 0, MAX_SAMPLE_INDEX)
 
 
 def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -218,7 +228,7 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
     req["evaluation-mode"] = _choice("evaluation-mode", body.get("evaluation-mode", "complete"), ("complete", "fast"))
     indexes = body.get("indexes")
     if indexes is not None:
-        idx = sorted({_integer("indexes", i, 0, 10**9) for i in _list("indexes", indexes, MAX_INDEXES, "sample indexes")})
+        idx = sorted({sample_index("indexes", i) for i in _list("indexes", indexes, MAX_INDEXES, "sample indexes")})
         req["indexes"] = idx
     else:
         req["indexes"] = None
@@ -239,6 +249,8 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
     req["input-layout"] = _choice("input-layout", body.get("input-layout", "auto"), LAYOUTS)
     req["output-index"] = _integer("output-index", body.get("output-index", 0), 0, MAX_OUTPUT_INDEX)
     req["shards"], req["shard-size"] = sharding(body, req["evaluation-mode"], max_shards)
+    inspect = body.get("inspect-samples", DEFAULT_INSPECT_SAMPLES)
+    req["inspect-samples"] = _integer("inspect-samples", inspect, 1, MAX_INSPECT_SAMPLES)
     return req
 
 

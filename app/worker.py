@@ -11,7 +11,7 @@ from rq.serializers import JSONSerializer
 
 from . import queue as jobqueue
 from .config import Config
-from .engine import convcache, converter, evaluation, verification  # noqa: F401
+from .engine import attribution, convcache, converter, evaluation, verification  # noqa: F401
 from .extensions import connect
 from .jobs import claimed_token
 from .records import Records
@@ -37,9 +37,11 @@ def make_failure_handler(records: Records):
 
 def warm_up() -> None:
     """What every job would otherwise pay again in its fresh work-horse, paid once here: onnx2pytorch
-    (without torchvision, see ``engine.converter``) and the conversion cache's version key. CPU only."""
+    (without torchvision, see ``engine.converter``), the conversion cache's version key, and captum
+    and the colour maps of the per-sample inspection. CPU only."""
     converter.convert_model_class()
     convcache.converter_version()
+    attribution.warm_up()
 
 
 def main(*, burst: bool = False, name: str | None = None) -> int:

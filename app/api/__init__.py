@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import evaluations, files, health, openapi, results
+    from . import evaluations, examples, files, health, openapi, results, samples
 
     app.before_request(body_limits.limit_body)
     app.before_request(auth.authenticate)
     app.register_blueprint(files.bp)
     app.register_blueprint(evaluations.bp)
+    app.register_blueprint(samples.bp)
+    app.register_blueprint(examples.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(results.bp)

@@ -25,6 +25,7 @@ FIELD_KIND = {"trained-model": "model", "dataset": "dataset"}
 SUMMARY_FIELDS = ("sec-curve", "clean-accuracy", "sec-value", "sec-level", "n-samples", "reliable")
 MAX_BULK_DELETE = 100  # evaluations one bulk DELETE removes; "more": true asks for another call
 BULK_PAGES = 5  # status-filtered pages (2,000 index entries each) one bulk DELETE examines per status
+EVALUATION = "security-evaluation"
 
 
 @bp.errorhandler(validation.StillValidating)
@@ -94,11 +95,17 @@ def resolve_reference(field: str, ref: str) -> dict[str, Any]:
 def status_view(rec: dict[str, Any]) -> dict[str, Any]:
     rec = shards.overview(get_records(), rec)
     view = {k: v for k, v in rec.items() if k not in ("owner", "resolved", "attempt")}
+    view["kind"] = kind_of(rec)
     view["links"] = {
         "self": url_for("evaluations.get_one", job_id=rec["job_id"], _external=True),
         "output": url_for("evaluations.output", job_id=rec["job_id"], _external=True),
     }
     return view
+
+
+def kind_of(rec: dict[str, Any]) -> str:
+    """``security-evaluation``, or ``adversarial-example`` for one made by ``POST /api/adversarial_examples``."""
+    return rec["resolved"].get("kind", EVALUATION)
 
 
 def owned_evaluation(job_id: str) -> dict[str, Any]:
@@ -111,9 +118,21 @@ def owned_evaluation(job_id: str) -> dict[str, Any]:
 
 @bp.post("")
 def submit():
-    body = json_object()
     settings = get_settings()
-    req = schemas.evaluation_request(body, max_values=settings.max_perturbation_values, max_shards=settings.max_shards)
+    req = schemas.evaluation_request(json_object(), max_values=settings.max_perturbation_values, max_shards=settings.max_shards)
+    job_id = queue_evaluation(req)
+    location = url_for("evaluations.get_one", job_id=job_id, _external=True)
+    response = jsonify({"job_id": job_id, "job-status": "queued", "links": {"self": location}})
+    response.status_code = 202
+    response.headers["Location"] = location
+    return response
+
+
+def queue_evaluation(req: dict[str, Any], kind: str = EVALUATION) -> str:
+    """Bind a validated request to its model and dataset, store it and queue it (sharded when it
+    should be); returns its id. ``kind`` marks the record (an adversarial example is an evaluation
+    of one sample, run by the same job)."""
+    settings = get_settings()
     model = resolve_reference("trained-model", req["trained-model"])
     dataset = resolve_reference("dataset", req["dataset"])
     req = schemas.bind_to_files(req, model["info"], dataset["info"])
@@ -122,6 +141,7 @@ def submit():
         "dataset": {k: dataset[k] for k in ("kind", "id", "sha256", "path")},
         "n-classes": dataset["info"].get("n-classes"),
         "model-ends-with-softmax": model["info"].get("ends-with-softmax", False),
+        **({"kind": kind} if kind != EVALUATION else {}),
     }
     records = get_records()
     ranges = shards.plan(req, shards.selection_size(req, dataset["info"]["n-samples"]), settings.max_shards)
@@ -137,11 +157,7 @@ def submit():
         except Exception:
             records.delete_evaluation(job_id)
             raise
-    location = url_for("evaluations.get_one", job_id=job_id, _external=True)
-    response = jsonify({"job_id": job_id, "job-status": "queued", "links": {"self": location}})
-    response.status_code = 202
-    response.headers["Location"] = location
-    return response
+    return job_id
 
 
 @bp.get("")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from .. import __version__, paging, schemas
-from . import openapi_results
+from . import examples, openapi_results
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
 
@@ -60,8 +60,35 @@ EVALUATION_REQUEST = {
         # The maximum is the service's MAX_SHARDS (400 above it); "fast" takes 1 or "auto" only.
         "shards": {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "integer", "minimum": 1}]},
         "shard-size": {"type": "integer", "minimum": schemas.MIN_SHARD_SIZE, "maximum": schemas.MAX_SHARD_SIZE},
+        "inspect-samples": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_INSPECT_SAMPLES},
     },
 }
+
+# POST /api/adversarial_examples: the evaluation's fields that make sense for one sample, and its index.
+EXAMPLE_REQUEST = {
+    "type": "object",
+    "required": ["trained-model", "dataset", "index"],
+    "additionalProperties": False,
+    "properties": {
+        **{k: v for k, v in EVALUATION_REQUEST["properties"].items() if k in examples.FIELDS},
+        "index": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_SAMPLE_INDEX},
+    },
+}
+SAMPLE = {
+    "name": "sample",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "position in the selection",
+}
+IMAGE = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "clean, attribution-clean, adversarial-<k>, difference-<k> or attribution-adversarial-<k> (k: epsilon index)",
+}
+PNG = {"200": {"description": "a PNG image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}
 
 PAGE = [
     {
@@ -161,6 +188,33 @@ def document() -> dict:
             "/api/security_evaluations/{job_id}/output": {
                 "parameters": [JOB_ID],
                 "get": {"responses": {**_ok("the curve"), "303": {"description": "not finished yet"}, **_errors(401, 404)}},
+            },
+            "/api/security_evaluations/{job_id}/samples": {
+                "parameters": [JOB_ID],
+                "get": {"responses": {**_ok("the inspected samples, with image URLs"), **_errors(401, 404, 409)}},
+            },
+            "/api/security_evaluations/{job_id}/samples/{sample}": {
+                "parameters": [JOB_ID, SAMPLE],
+                "get": {"responses": {**_ok("one inspected sample"), **_errors(401, 404, 409)}},
+            },
+            "/api/security_evaluations/{job_id}/samples/{sample}/{name}.png": {
+                "parameters": [JOB_ID, SAMPLE, IMAGE],
+                "get": {"responses": {**PNG, **_errors(401, 404)}},
+            },
+            "/api/adversarial_examples": {
+                "post": {
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": EXAMPLE_REQUEST}}},
+                    "responses": {**_ok("queued", 202), **_errors(400, 401, 408, 409, 413, 422, 429)},
+                },
+            },
+            "/api/adversarial_examples/{job_id}": {
+                "parameters": [JOB_ID],
+                "get": {"responses": {**_ok("status, and the example once finished"), **_errors(401, 404)}},
+                "delete": {"responses": {**_ok("deleted"), **_errors(401, 404)}},
+            },
+            "/api/adversarial_examples/{job_id}/{name}.png": {
+                "parameters": [JOB_ID, IMAGE],
+                "get": {"responses": {**PNG, **_errors(401, 404)}},
             },
         },
         "components": {

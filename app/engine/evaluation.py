@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import samples
 from ..exceptions import EvaluationError
-from . import attacks
+from . import attacks, inspect_samples
 from .attacks.base import Hooks, StopRequested, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .convcache import ConversionCache
@@ -241,6 +242,23 @@ def evaluate(
             raise EvaluationError(
                 f"out of memory on {dev.type} even with a batch of one sample; use a smaller model or input size"
             ) from None
+        t_attack = time.perf_counter()
+        count = request.get("inspect-samples", samples.DEFAULT_SAMPLES)
+        inspection, inspection_error = inspect_samples.inspect_safely(
+            attack,
+            model,
+            source,
+            state,
+            epsilons,
+            fractions,
+            (lb, ub),
+            notes["input-layout"],
+            indexes,
+            count,
+            dev,
+            hooks.should_stop,
+        )
+        t_inspect = time.perf_counter()
         labels, input_dtype = data.labels[indexes], data.dtype
     accuracy = state.accuracy(len(epsilons))
     value = sec_value(fractions, accuracy)
@@ -269,11 +287,13 @@ def evaluate(
         "model-notes": notes,
         "device": str(dev),
         "resumed": resumed,
+        "inspection": samples.summary(inspection.index if inspection else {"samples": []}, inspection_error),
         "timing": {
             "load-seconds": round(t_load - t0, 3),
             "convert-seconds": round(t_convert - t0, 3),
             **({"conversion-cache": cache_state} if cache_state else {}),
-            "attack-seconds": round(time.perf_counter() - t_load, 3),
+            "attack-seconds": round(t_attack - t_load, 3),
+            "inspection-seconds": round(t_inspect - t_attack, 3),
             "total-seconds": round(time.perf_counter() - t0, 3),
             "torch-threads": torch.get_num_threads(),
         },
@@ -283,6 +303,8 @@ def evaluate(
             raise StopRequested
         arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
         write_samples(work_dir, {**arrays, **({"min_norm": state.min_norm} if state.min_norm is not None else {})})
+        if inspection and not samples.write(work_dir, inspection.index, inspection.images, attempt_tag, owns or _always):
+            raise StopRequested
         checkpoint.finish()
         output["artifacts"] = {"per-sample": SAMPLES}
     return output

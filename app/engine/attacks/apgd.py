@@ -137,6 +137,8 @@ class APGD(Attack):
             ctx.check()
             delta.requires_grad_(True)
             logits = ctx.logits(x + delta)
+            if ctx.trace is not None:
+                ctx.trace.record(idx, delta, logits)
             loss = loss_fn(logits, y, target)
             adv = logits.argmax(1) != y
             best.update(idx, delta, loss.detach(), adv)

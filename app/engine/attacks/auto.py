@@ -17,6 +17,7 @@ sample would cost ``auto`` about half its speed for nothing on the rest.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -64,6 +65,7 @@ class Auto(FMN):
         norms = lp_norm(anchor, self.norm)  # zero: FMN found nothing, so nothing says the sample is near
         near = (~found & (norms > 0) & (norms <= NEAR * eps)).nonzero().squeeze(1)
         if len(near) and self.n_target_classes < ALL_TARGETS:
-            d2, f2 = self.near.perturb(ctx, x[near], y[near], eps, delta[near])
+            sub = ctx if ctx.trace is None else replace(ctx, trace=ctx.trace.subset(near))
+            d2, f2 = self.near.perturb(sub, x[near], y[near], eps, delta[near])
             delta[near], found[near] = d2.to(delta.dtype), f2
         return delta, found

@@ -194,6 +194,7 @@ class Context:
     autocast: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     should_stop: Callable[[], bool] = _no_stop
+    trace: Any = None  # a ``trace.Trace`` recording each step's point (per-sample inspection); None in the sweep
 
     def check(self) -> None:
         """Called every step of every attack: a canceled job stops within one step."""

@@ -21,9 +21,14 @@ class FGSM(Attack):
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
         ctx.check()
         delta = torch.zeros_like(x, requires_grad=True)
-        loss = cross_entropy(ctx.logits(x + delta), y)
+        logits = ctx.logits(x + delta)
+        if ctx.trace is not None:
+            ctx.trace.record(None, delta, logits)
+        loss = cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss.sum(), delta)
         delta = clip_to_bounds(x, project(eps * steepest_direction(grad, self.norm), eps, self.norm), ctx.bounds)
         with torch.no_grad():
-            adv = ctx.logits(x + delta).argmax(1) != y
-        return delta.detach(), adv
+            logits = ctx.logits(x + delta)
+        if ctx.trace is not None:
+            ctx.trace.record(None, delta, logits)
+        return delta.detach(), logits.argmax(1) != y

@@ -48,9 +48,10 @@ def minimal_norm(
     gamma: float = 0.05,
     logits=None,
     check: Callable[[], None] | None = None,
+    trace=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: the smallest adversarial perturbation found and its norm (inf when none);
-    ``check`` is called every step (it raises to cancel)."""
+    ``check`` is called every step (it raises to cancel); ``trace`` (a ``trace.Trace``) records each step's point."""
     forward = logits or model
     lb, ub = bounds
     n = len(x)
@@ -66,6 +67,8 @@ def minimal_norm(
             check()
         delta.requires_grad_(True)
         out = forward(x + delta)
+        if trace is not None:
+            trace.record(None, delta, out)
         m = margin(out, y)
         adv = out.argmax(1) != y
         dnorm = lp_norm(delta.detach(), norm)

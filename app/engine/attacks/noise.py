@@ -30,7 +30,10 @@ class Noise(Attack):
         for _ in range(self.restarts):
             ctx.check()
             delta = clip_to_bounds(x, random_on_sphere(x, eps, self.norm, ctx.generator), ctx.bounds)
-            adv = (ctx.logits(x + delta).argmax(1) != y) & ~success
+            logits = ctx.logits(x + delta)
+            if ctx.trace is not None:
+                ctx.trace.record(None, delta, logits)
+            adv = (logits.argmax(1) != y) & ~success
             best[adv] = delta[adv]
             success |= adv
         return best, success

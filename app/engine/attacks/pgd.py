@@ -98,6 +98,8 @@ class PGD(Attack):
             xa, ya = x[idx], y[idx]
             delta.requires_grad_(True)
             logits = ctx.logits(xa + delta)
+            if ctx.trace is not None:
+                ctx.trace.record(idx, delta, logits)
             loss = self.loss_fn(logits, ya)
             adv = logits.argmax(1) != ya
             keep = ~adv & (taken < steps)
