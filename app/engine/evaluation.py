@@ -31,7 +31,10 @@ import numpy as np
 import torch
 
 from ..exceptions import EvaluationError
+from ..figures import figures
+from ..reliability import reliable
 from . import attacks
+from . import checks as reliability_checks
 from .attacks.base import Hooks, StopRequested, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .convcache import ConversionCache
@@ -41,6 +44,7 @@ from .rows import RowFile
 
 CHECKPOINT = "checkpoint.npz"
 PER_SAMPLE_RAM = 64  # bytes: index, label, outcome, norms (and a minimal norm) per evaluated sample
+PER_SAMPLE_EPSILON_RAM = 4  # bytes per evaluated sample and epsilon: the true-class confidence (float32)
 SAMPLES = "samples.npz"
 
 
@@ -121,6 +125,8 @@ class Checkpoint:
                         state = SweepState(
                             ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"])
                         )
+                        # A checkpoint from before the confidences were kept resumes without them (figures: null).
+                        state.true_conf = ck["true_conf"].copy() if "true_conf" in ck.files else None
                         if anchor_name is not None or "anchor" in ck.files:  # the latter: before anchors had a file
                             state.min_norm = ck["min_norm"].copy()
                             if anchor_name is not None:
@@ -140,6 +146,8 @@ class Checkpoint:
             extra = {"anchor_file": state.anchor.path.name, "min_norm": state.min_norm}
         elif state.anchor is not None:
             extra = {"anchor": state.anchor, "min_norm": state.min_norm}
+        if state.true_conf is not None:
+            extra["true_conf"] = state.true_conf
         np.savez(
             self.tmp_path,
             fingerprint=self.print,
@@ -220,7 +228,7 @@ def evaluate(
         )
         attack.block, attack.offset = request.get("shard-size", 0), shard["start"] if shard else 0
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
-        _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits())
+        _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
         resumed = False
         if checkpoint:
@@ -242,7 +250,24 @@ def evaluate(
                 f"out of memory on {dev.type} even with a batch of one sample; use a smaller model or input size"
             ) from None
         labels, input_dtype = data.labels[indexes], data.dtype
-    accuracy = state.accuracy(len(epsilons))
+        accuracy = state.accuracy(len(epsilons))
+        checks, probe = reliability_checks.run(
+            model,
+            source,
+            state,
+            epsilons,
+            (lb, ub),
+            attack,
+            device=dev,
+            n_classes=data.n_classes,
+            notes=notes,
+            seed=request["seed"],
+            noise=request["attack"] == "noise",
+            accuracy=accuracy,
+            should_stop=should_stop or (lambda: False),
+        )
+    arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
+    arrays.update({name: v for name, v in (("min_norm", state.min_norm), ("true_conf", state.true_conf)) if v is not None})
     value = sec_value(fractions, accuracy)
     output: dict[str, Any] = {
         "sec-curve": {"x-values": fractions, "y-values": accuracy},
@@ -266,6 +291,9 @@ def evaluate(
             "batch-size": attack.batch_size,
             **({"batch-size-requested": request["batch-size"]} if attack.batch_size != request["batch-size"] else {}),
         },
+        "figures": figures(arrays, fractions, epsilons, request["norm"], ub - lb),
+        "checks": checks,
+        "reliable": reliable(checks),
         "model-notes": notes,
         "device": str(dev),
         "resumed": resumed,
@@ -273,7 +301,8 @@ def evaluate(
             "load-seconds": round(t_load - t0, 3),
             "convert-seconds": round(t_convert - t0, 3),
             **({"conversion-cache": cache_state} if cache_state else {}),
-            "attack-seconds": round(time.perf_counter() - t_load, 3),
+            "attack-seconds": round(time.perf_counter() - t_load - probe["seconds"], 3),
+            "checks-seconds": probe["seconds"],
             "total-seconds": round(time.perf_counter() - t0, 3),
             "torch-threads": torch.get_num_threads(),
         },
@@ -281,8 +310,7 @@ def evaluate(
     if work_dir:
         if owns is not None and not owns():
             raise StopRequested
-        arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
-        write_samples(work_dir, {**arrays, **({"min_norm": state.min_norm} if state.min_norm is not None else {})})
+        write_samples(work_dir, arrays)
         checkpoint.finish()
         output["artifacts"] = {"per-sample": SAMPLES}
     return output
@@ -295,14 +323,16 @@ def write_samples(work_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, work_dir / SAMPLES)
 
 
-def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits) -> None:
+def _preflight(
+    attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits, n_eps: int = 1
+) -> None:
     """Disk for the row files (and checkpoint), then the largest batch (at most the requested one) that fits in memory."""
     n, sample_bytes = len(source), int(np.prod(shape)) * 4
     if n == 0:
         return
     rows_dir.mkdir(parents=True, exist_ok=True)
     check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits)
-    fixed = n * PER_SAMPLE_RAM  # only the small per-sample arrays stay in RAM; the rest is on disk
+    fixed = n * (PER_SAMPLE_RAM + PER_SAMPLE_EPSILON_RAM * n_eps)  # only the small per-sample arrays stay in RAM
     x1, _ = source.read(np.arange(1))
     act = activation_bytes(model, torch.from_numpy(x1).to(dev))
     attack.batch_size = fit_batch(attack.batch_size, attack.pool_batches, sample_bytes, act, fixed, dev, limits)

@@ -31,6 +31,6 @@ class Noise(Attack):
             ctx.check()
             delta = clip_to_bounds(x, random_on_sphere(x, eps, self.norm, ctx.generator), ctx.bounds)
             adv = (ctx.logits(x + delta).argmax(1) != y) & ~success
-            best[adv] = delta[adv]
+            best[~success] = delta[~success]  # an adversarial draw, or the latest one while none was
             success |= adv
         return best, success
