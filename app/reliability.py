@@ -65,9 +65,10 @@ def _msg_curve(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str]
 
 def _msg_fgsm(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str]:
     return (
-        f"The one-step FGSM attack broke {c} of {n} samples checked that the evaluation's attack left standing: "
-        "that attack underperformed, and the curve overstates robustness.",
-        f"The one-step FGSM attack broke none of the {n} samples checked that the evaluation's attack left standing.",
+        f"The one-step FGSM attack broke {c} more of {n} samples checked than the evaluation's attack did at the "
+        "same perturbation: that attack underperformed, and the curve overstates robustness.",
+        f"The evaluation's attack broke at least as many of {n} samples checked as the one-step FGSM attack, "
+        "at every perturbation.",
     )
 
 

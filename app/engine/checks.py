@@ -11,8 +11,11 @@ those the attack left standing, with ``QUERIES`` forward passes each. What each 
   over 46), where the loss is flat in float32 and a gradient attack stalls;
 - ``deterministic-forward``: samples whose scores change over ``REPEATS`` more forward passes (beyond
   the verification's tolerance, 1e-4 + 1e-3 x the largest score);
-- ``no-weaker-than-fgsm``: FGSM at every epsilon of the curve on the samples correct clean; a sample
-  it breaks at an epsilon where the evaluation counted it standing is bad;
+- ``no-weaker-than-fgsm``: FGSM at every epsilon of the curve on the samples correct clean; the count
+  is, at the epsilon where it is largest, how many more of them FGSM broke than the evaluation did (0 when
+  the attack broke at least as many at every epsilon). Compared as counts, not sample by sample: two
+  working attacks each break a few samples the other misses (PGD's 50 steps from a random start missed
+  1 of 62 that FGSM broke on the digits CNN, while breaking 30 more);
 - ``falls-towards-chance``: on ``HUGE_PROBE`` of them, the evaluation's own attack at an epsilon as
   large as the input range (L-inf) or the input box's diagonal (L2), where any image can become any
   other; the share of samples correct clean that it leaves standing must not exceed chance (1 / classes);
@@ -86,19 +89,17 @@ def model_probes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
     }
 
 
-def fgsm_breaks(attack: Attack, model, x, y, standing_at: np.ndarray, epsilons: list[float], bounds, stop) -> int:
-    """How many samples FGSM breaks at an epsilon where the evaluation counted them standing
-    (``standing_at``: each sample's ``broken_at``)."""
+def fgsm_breaks(attack: Attack, model, x, y, epsilons: list[float], bounds, stop) -> np.ndarray:
+    """Per epsilon index, how many of these samples FGSM breaks (index 0: none)."""
     fgsm = FGSM(norm=attack.norm, autocast=attack.autocast)
-    worse = np.zeros(len(x), dtype=bool)
+    broken = np.zeros(len(epsilons), dtype=np.int64)
     for k in range(1, len(epsilons)):
         eps = float(epsilons[k])
         ctx = Context(model, bounds, torch.Generator(device=x.device), attack.autocast, should_stop=stop)
         delta, _ = fgsm.perturb(ctx, x, y, eps, None)
         delta = clip_to_bounds(x, project(delta.float(), eps, attack.norm), bounds)
-        broke = verify(model, x, y, delta, eps, bounds, attack.norm).cpu().numpy()
-        worse |= broke & (standing_at > k)
-    return int(worse.sum())
+        broken[k] = int(verify(model, x, y, delta, eps, bounds, attack.norm).sum())
+    return broken
 
 
 def huge_epsilon(norm: str, bounds: tuple[float, float], sample_size: int) -> float:
@@ -144,10 +145,13 @@ def _attack_counts(model, source, state, pos, x, y, epsilons, bounds, attack, de
     keep = torch.from_numpy(correct).to(device)
     xc, yc, at = x[keep], y[keep], state.broken_at[pos][correct]
     n_correct = len(at)
-    worse = 0
+    by_fgsm = np.zeros(len(epsilons), dtype=np.int64)
     for i in range(0, n_correct, attack.batch_size):
-        part = slice(i, i + attack.batch_size)
-        worse += fgsm_breaks(attack, model, xc[part], yc[part], at[part], epsilons, bounds, stop)
+        by_fgsm += fgsm_breaks(
+            attack, model, xc[i : i + attack.batch_size], yc[i : i + attack.batch_size], epsilons, bounds, stop
+        )
+    by_attack = np.array([(at <= k).sum() for k in range(len(epsilons))])
+    worse = int(max(0, (by_fgsm - by_attack).max(initial=0)))
     few = min(n_correct, HUGE_PROBE)
     left = standing_at_huge(attack, model, xc[:few], yc[:few], bounds, device, stop) if few else 0
     standing = np.flatnonzero(state.broken_at == len(epsilons)) if len(epsilons) > 1 else np.empty(0, dtype=np.int64)
