@@ -62,7 +62,9 @@ def test_a_model_that_masks_gradients_is_evaluated_and_flagged_unreliable(client
     ys = out["sec-curve"]["y-values"]
     assert ys[-1] > 0.8 * ys[0], ys
     gf = next(c for c in out["checks"] if c["name"] == "gradient-free-attack")
-    assert gf["count"] > gf["threshold"] * gf["samples"] and "Square" in gf["message"]
+    # The share it broke times the share left standing: the accuracy the curve overstates, far above 2 points.
+    assert gf["value"] == pytest.approx(gf["count"] / gf["samples"] * gf["standing"] / gf["evaluated"])
+    assert gf["value"] > 0.5 and gf["evaluated"] == 120 and "Square" in gf["message"]
 
 
 def test_the_plain_cnn_is_reliable_and_every_figure_is_there(client, worker, assets):
