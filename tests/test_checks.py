@@ -98,11 +98,10 @@ def test_the_noise_baseline_is_not_judged_as_an_attack(client, worker, assets):
 
 
 # -- the two checks from traces ---------------------------------------------------------------------------
-def traced_pgd(model, x, y, eps: float, steps: int, step: float, stop_on_success: bool = True) -> list[dict]:
+def traced_pgd(model, x, y, eps: float, steps: int, step: float) -> list[dict]:
     """A plain L-inf PGD from the clean point, tracing each sample: cross-entropy of the true class and the
-    distance at every step, whether any point was adversarial, and whether the returned point is. With
-    ``stop_on_success`` a sample's run ends at its first adversarial point and returns it, as the sweep's
-    attacks do; without, it runs every step and returns its last point."""
+    distance at every step, whether any point was adversarial, and whether the returned point is. A sample's
+    run ends at its first adversarial point and returns it, as the sweep's attacks do."""
     delta = torch.zeros_like(x)
     losses, dists, advs = [], [], []
     first, on_path = torch.zeros_like(x), torch.zeros(len(x), dtype=torch.bool)
@@ -118,13 +117,12 @@ def traced_pgd(model, x, y, eps: float, steps: int, step: float, stop_on_success
         dists.append(delta.detach().flatten(1).abs().amax(1))
         advs.append(adv)
         delta = ((delta.detach() + step * eps * grad.sign()).clamp(-eps, eps) + x).clamp(0, 1) - x
-    returned = first if stop_on_success else delta
     with torch.no_grad():
-        returned_adv = model(x + returned).argmax(1) != y
+        returned_adv = model(x + first).argmax(1) != y
     loss_t, dist_t, adv_t = torch.stack(losses, 1), torch.stack(dists, 1), torch.stack(advs, 1)
     traces = []
     for i in range(len(x)):
-        end = int(adv_t[i].nonzero()[0, 0]) + 1 if stop_on_success and on_path[i] else steps
+        end = int(adv_t[i].nonzero()[0, 0]) + 1 if on_path[i] else steps
         traces.append(
             {
                 "loss": loss_t[i, :end].tolist(),
@@ -153,14 +151,37 @@ def test_loss_converged_warns_when_the_attack_stopped_while_its_loss_was_still_r
     assert "still rising" in cut_short["message"]
 
 
+def traced_noise(model, x, y, eps: float, draws: int) -> list[dict]:
+    """A random search that returns its last draw (a bug the check must catch): random signs of size ``eps``."""
+    g = torch.Generator().manual_seed(0)
+    losses, advs = [], []
+    with torch.no_grad():
+        for _ in range(draws):
+            delta = ((torch.rand(x.shape, generator=g) < 0.5).float() * 2 - 1) * eps
+            logits = model((x + delta).clamp(0, 1))
+            losses.append(torch.nn.functional.cross_entropy(logits, y, reduction="none"))
+            advs.append(logits.argmax(1) != y)
+    loss_t, adv_t = torch.stack(losses, 1), torch.stack(advs, 1)
+    return [
+        {
+            "loss": loss_t[i].tolist(),
+            "distance": [eps] * draws,
+            "adversarial-on-path": bool(adv_t[i].any()),
+            "returned-adversarial": bool(adv_t[i, -1]),
+        }
+        for i in range(len(x))
+    ]
+
+
 def test_path_adversarial_kept_warns_when_an_adversarial_point_was_thrown_away(cnn):
     model, x, y = cnn
-    # A full step of epsilon bounces between corners of the ball: points on the path fool the model, the last may not.
-    bouncing = traced_pgd(model, x, y, 0.2, steps=20, step=1.0, stop_on_success=False)
-    thrown = sum(t["adversarial-on-path"] and not t["returned-adversarial"] for t in bouncing)
-    check = reliability.from_traces(bouncing)[1]
+    last_draw = traced_noise(model, x, y, 0.3, draws=20)
+    thrown = sum(t["adversarial-on-path"] and not t["returned-adversarial"] for t in last_draw)
+    check = reliability.from_traces(last_draw)[1]
     assert thrown > 0 and check["name"] == "path-adversarial-kept" and check["status"] == "warn" and check["count"] == thrown
-    kept = reliability.from_traces(traced_pgd(model, x, y, 0.2, steps=20, step=1.0, stop_on_success=True))[1]
+    assert "threw away" in check["message"]
+    # PGD as the sweep runs it keeps its first adversarial point: nothing is thrown away.
+    kept = reliability.from_traces(traced_pgd(model, x, y, 0.2, steps=20, step=0.1))[1]
     assert kept["status"] == "pass" and kept["count"] == 0 and kept["samples"] == 48
 
 

@@ -331,7 +331,7 @@ def _preflight(
     if n == 0:
         return
     rows_dir.mkdir(parents=True, exist_ok=True)
-    check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits)
+    check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits, n_eps)
     fixed = n * (PER_SAMPLE_RAM + PER_SAMPLE_EPSILON_RAM * n_eps)  # only the small per-sample arrays stay in RAM
     x1, _ = source.read(np.arange(1))
     act = activation_bytes(model, torch.from_numpy(x1).to(dev))
