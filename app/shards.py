@@ -36,7 +36,6 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-
 def selection_size(req: dict[str, Any], n_samples: int) -> int:
     """How many samples the request evaluates (``app.engine.data.select``'s rule, from the dataset's size)."""
     if req.get("indexes"):

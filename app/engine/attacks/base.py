@@ -361,10 +361,11 @@ class Attack:
             x, y = self._load(source, pos, device)
             delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k, hooks.should_stop)
             won = torch.from_numpy(ok).to(device)
+            # Before the outcome is written: an out-of-memory error in its forwards redoes the whole batch.
+            self._record_confidence(model, x, y, delta, won, state, pos, k, bounds)
             state.delta[pos[ok]] = delta[won].detach().cpu().numpy()
             state.broken_at[pos[ok]] = k
             state.norms[pos[ok]] = lp_norm(delta[won], self.norm).cpu().numpy()
-            self._record_confidence(model, x, y, delta, won, state, pos, k, bounds)
             done += len(pos)
             hooks.progress(done, total)
 
