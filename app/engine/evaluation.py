@@ -10,7 +10,9 @@ re-run with the same request resumes from the last finished epsilon. Each
 attempt keeps its perturbations in a file of its own and asks ``owns()`` right
 before every checkpoint it writes, so an attempt that lost the job (a stalled
 work-horse a newer attempt replaced) never overwrites the newer one's files.
-Before the attack starts, ``bounds`` checks the job's disk and memory.
+Before the attack starts, ``bounds`` checks the job's disk and memory. After the sweep, the
+output gains its ``figures`` (``app.figures``, from the per-sample arrays also written to
+``samples.npz``) and the reliability ``checks`` (``.checks``, on a bounded subset of samples).
 """
 
 from __future__ import annotations
