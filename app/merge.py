@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from . import samples, shards
+from . import reliability, samples, shards
 from .config import Config
 from .extensions import connect
 from .records import TERMINAL, Records, now
@@ -22,7 +22,7 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-ARRAYS = ("index", "label", "broken_at", "norm", "min_norm")
+ARRAYS = ("index", "label", "broken_at", "norm", "min_norm", "true_conf")
 
 
 def merge_shards(parent_id: str) -> dict[str, Any] | None:
@@ -59,11 +59,14 @@ def merge_shards(parent_id: str) -> dict[str, Any] | None:
 
 def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], results: list, storage: Storage) -> dict[str, Any]:
     """The parent's output from its shards' outputs and per-sample files, in selection order: the
-    per-sample arrays concatenated, and the curve computed from them exactly as one job would."""
+    per-sample arrays concatenated, and the curve and figures computed from them exactly as one job
+    would. The reliability checks, measured by each shard on its own samples, are combined
+    (``app.reliability.combine``: counts add up and are judged again; the curve is judged whole)."""
     import numpy as np
 
     from .engine.attacks.base import SweepState
     from .engine.evaluation import SAMPLES, sec_level, sec_value, write_samples
+    from .figures import figures
 
     if any(r is None for r in results):
         raise ValueError("a finished shard has no output")
@@ -73,7 +76,8 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
             for name in ARRAYS:
                 if name in part.files:
                     parts[name].append(part[name])
-    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items() if chunks}
+    # An array some shard lacks (written before it existed) is left out: its figures are then null.
+    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items() if len(chunks) == len(children)}
     fractions = results[0]["sec-curve"]["x-values"]
     accuracy = SweepState(arrays["broken_at"], arrays["norm"], np.empty(0)).accuracy(len(fractions))
     value = sec_value(fractions, accuracy)
@@ -121,4 +125,11 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
             "inspection": samples.summary(inspected or {"samples": []}, errors[0] if errors else None),
         }
     )
+    attack = results[0]["attack"]
+    lb, ub = attack["input-bounds"]
+    output["figures"] = figures(arrays, fractions, attack["epsilons-absolute"], attack["norm"], ub - lb)
+    if all("checks" in r for r in results):
+        ctx = reliability.context(attack["norm"], results[0]["model-notes"])
+        output["checks"] = reliability.combine([r["checks"] for r in results], accuracy, ctx)
+        output["reliable"] = reliability.reliable(output["checks"])
     return output

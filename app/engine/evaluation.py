@@ -10,7 +10,9 @@ re-run with the same request resumes from the last finished epsilon. Each
 attempt keeps its perturbations in a file of its own and asks ``owns()`` right
 before every checkpoint it writes, so an attempt that lost the job (a stalled
 work-horse a newer attempt replaced) never overwrites the newer one's files.
-Before the attack starts, ``bounds`` checks the job's disk and memory.
+Before the attack starts, ``bounds`` checks the job's disk and memory. After the sweep, the
+output gains its ``figures`` (``app.figures``, from the per-sample arrays also written to
+``samples.npz``) and the reliability ``checks`` (``.checks``, on a bounded subset of samples).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import torch
 
 from .. import samples
 from ..exceptions import EvaluationError
+from ..figures import figures
+from ..reliability import reliable
 from . import attacks, inspect_samples
+from . import checks as reliability_checks
 from .attacks.base import Hooks, StopRequested, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .convcache import ConversionCache
@@ -42,6 +47,7 @@ from .rows import RowFile
 
 CHECKPOINT = "checkpoint.npz"
 PER_SAMPLE_RAM = 64  # bytes: index, label, outcome, norms (and a minimal norm) per evaluated sample
+PER_SAMPLE_EPSILON_RAM = 4  # bytes per evaluated sample and epsilon: the true-class confidence (float32)
 SAMPLES = "samples.npz"
 
 
@@ -122,6 +128,8 @@ class Checkpoint:
                         state = SweepState(
                             ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"])
                         )
+                        # A checkpoint from before the confidences were kept resumes without them (figures: null).
+                        state.true_conf = ck["true_conf"].copy() if "true_conf" in ck.files else None
                         if anchor_name is not None or "anchor" in ck.files:  # the latter: before anchors had a file
                             state.min_norm = ck["min_norm"].copy()
                             if anchor_name is not None:
@@ -141,6 +149,8 @@ class Checkpoint:
             extra = {"anchor_file": state.anchor.path.name, "min_norm": state.min_norm}
         elif state.anchor is not None:
             extra = {"anchor": state.anchor, "min_norm": state.min_norm}
+        if state.true_conf is not None:
+            extra["true_conf"] = state.true_conf
         np.savez(
             self.tmp_path,
             fingerprint=self.print,
@@ -221,7 +231,7 @@ def evaluate(
         )
         attack.block, attack.offset = request.get("shard-size", 0), shard["start"] if shard else 0
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
-        _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits())
+        _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
         resumed = False
         if checkpoint:
@@ -260,7 +270,25 @@ def evaluate(
         )
         t_inspect = time.perf_counter()
         labels, input_dtype = data.labels[indexes], data.dtype
-    accuracy = state.accuracy(len(epsilons))
+        accuracy = state.accuracy(len(epsilons))
+        checks, probe = reliability_checks.run(
+            model,
+            source,
+            state,
+            epsilons,
+            (lb, ub),
+            attack,
+            device=dev,
+            n_classes=data.n_classes,
+            notes=notes,
+            seed=request["seed"],
+            noise=request["attack"] == "noise",
+            accuracy=accuracy,
+            should_stop=should_stop or (lambda: False),
+            traces=inspection.traces if inspection else None,
+        )
+    arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
+    arrays.update({name: v for name, v in (("min_norm", state.min_norm), ("true_conf", state.true_conf)) if v is not None})
     value = sec_value(fractions, accuracy)
     output: dict[str, Any] = {
         "sec-curve": {"x-values": fractions, "y-values": accuracy},
@@ -284,6 +312,9 @@ def evaluate(
             "batch-size": attack.batch_size,
             **({"batch-size-requested": request["batch-size"]} if attack.batch_size != request["batch-size"] else {}),
         },
+        "figures": figures(arrays, fractions, epsilons, request["norm"], ub - lb),
+        "checks": checks,
+        "reliable": reliable(checks),
         "model-notes": notes,
         "device": str(dev),
         "resumed": resumed,
@@ -294,6 +325,7 @@ def evaluate(
             **({"conversion-cache": cache_state} if cache_state else {}),
             "attack-seconds": round(t_attack - t_load, 3),
             "inspection-seconds": round(t_inspect - t_attack, 3),
+            "checks-seconds": probe["seconds"],
             "total-seconds": round(time.perf_counter() - t0, 3),
             "torch-threads": torch.get_num_threads(),
         },
@@ -301,8 +333,7 @@ def evaluate(
     if work_dir:
         if owns is not None and not owns():
             raise StopRequested
-        arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
-        write_samples(work_dir, {**arrays, **({"min_norm": state.min_norm} if state.min_norm is not None else {})})
+        write_samples(work_dir, arrays)
         if inspection and not samples.write(work_dir, inspection.index, inspection.images, attempt_tag, owns or _always):
             raise StopRequested
         checkpoint.finish()
@@ -317,14 +348,16 @@ def write_samples(work_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, work_dir / SAMPLES)
 
 
-def _preflight(attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits) -> None:
+def _preflight(
+    attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits, n_eps: int = 1
+) -> None:
     """Disk for the row files (and checkpoint), then the largest batch (at most the requested one) that fits in memory."""
     n, sample_bytes = len(source), int(np.prod(shape)) * 4
     if n == 0:
         return
     rows_dir.mkdir(parents=True, exist_ok=True)
-    check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits)
-    fixed = n * PER_SAMPLE_RAM  # only the small per-sample arrays stay in RAM; the rest is on disk
+    check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits, n_eps)
+    fixed = n * (PER_SAMPLE_RAM + PER_SAMPLE_EPSILON_RAM * n_eps)  # only the small per-sample arrays stay in RAM
     x1, _ = source.read(np.arange(1))
     act = activation_bytes(model, torch.from_numpy(x1).to(dev))
     attack.batch_size = fit_batch(attack.batch_size, attack.pool_batches, sample_bytes, act, fixed, dev, limits)

@@ -3,9 +3,12 @@
 The ONNX file goes through the conversion pipeline (:func:`.models.load_onnx`, the very
 loader an evaluation uses), then the converted network is compared with onnxruntime (CPU)
 on seeded random inputs of the declared shape, in [0, 1], raw (no preprocessing), at batch
-1 and at batch 4; and the input gradients of a cross-entropy loss must be finite and not all
-zero, since every attack follows them. A model ending in a softmax is compared on its logits
-(the softmax is cut on both sides, as the loader does).
+1 and at batch 4; and the input gradients of a cross-entropy loss must be finite, since every
+attack follows them. Gradients that are all zero leave the model ``ready`` with a note: such a
+model (one that rounds its input, say) masks gradients, and is evaluated so that the output's
+reliability checks can say so; a gradient that is not finite would put NaN into every attack
+step. A model ending in a softmax is compared on its logits (the softmax is cut on both sides,
+as the loader does).
 
 Tolerance: ``max|torch - ort| <= ATOL + RTOL * max|ort|``. Two float32 implementations sum in
 different orders (conv algorithms, GEMM blocking), which moves logits by about 1e-6 relative
@@ -42,6 +45,10 @@ ATOL, RTOL = 1e-4, 1e-3
 BATCHES = (1, 4)
 SEED = 0
 PER_SAMPLE = "it only runs at batch 1, so it is evaluated one sample at a time (correct but slow)"
+ZERO_GRADIENT = (
+    "its input gradients are all zero, so gradient attacks have nothing to follow (gradient masking); "
+    "it can be evaluated, and the evaluation's reliability checks will flag it"
+)
 
 
 class Unsupported(Exception):
@@ -141,8 +148,8 @@ def _compare(ours: list[torch.Tensor], theirs: list[np.ndarray], batch: int) -> 
 
 
 def _gradient(model: torch.nn.Module, x: np.ndarray) -> str:
-    """'ok', or :class:`Unsupported` when the input gradients of a cross-entropy loss are
-    missing, not finite or all zero (an attack would have nothing to follow)."""
+    """'ok'; 'zero' when the input gradients of a cross-entropy loss are all zero (masked: evaluated
+    and flagged); :class:`Unsupported` when they are missing or not finite."""
     inputs = torch.from_numpy(x.astype(np.float32)).requires_grad_(True)
     logits = model(inputs)
     if not logits.is_floating_point() or logits.dim() != 2:
@@ -154,9 +161,7 @@ def _gradient(model: torch.nn.Module, x: np.ndarray) -> str:
         raise Unsupported("the output does not depend on the input through differentiable operations")
     if not torch.isfinite(grad).all():
         raise Unsupported("input gradients are not finite (NaN or infinite)")
-    if not grad.abs().max() > 0:
-        raise Unsupported("input gradients are all zero: gradient attacks would have nothing to follow")
-    return "ok"
+    return "ok" if grad.abs().max() > 0 else "zero"
 
 
 def check(
@@ -208,8 +213,10 @@ def check(
         "softmax-removed": notes.get("softmax-removed", False),
         "batch-1-only": bool(notes.get("batch-1-only")),
     }
-    if figures["batch-1-only"]:
-        figures["note"] = PER_SAMPLE
+    notes = [PER_SAMPLE] if figures["batch-1-only"] else []
+    notes += [ZERO_GRADIENT] if gradient == "zero" else []
+    if notes:
+        figures["note"] = "; ".join(notes)
     figures["seconds"] = round(time.perf_counter() - t0, 3)
     return figures
 

@@ -106,6 +106,11 @@ def verify(
     return inside & wrong
 
 
+def true_probability(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The softmax probability of the true class, per sample, in fp32."""
+    return torch.softmax(scores.float(), 1).gather(1, y[:, None]).squeeze(1)
+
+
 # -- the sweep ----------------------------------------------------------------
 class Source(Protocol):
     """Anything that reads samples by position: an HDF5 subset, or tensors in memory."""
@@ -134,6 +139,12 @@ class SweepState:
     """Per-sample outcome: the first epsilon index that broke it (``len(epsilons)`` = never),
     the norm of the counted adversarial, and the current perturbation (the warm start).
 
+    ``true_conf`` [n, n_eps] is the softmax probability of the true class at the point the attack
+    returned for each epsilon: column 0 the clean input; at an epsilon where the sample was attacked,
+    the point returned (its adversarial when broken); at the epsilons below the one where it resisted
+    (never attacked there), that resisting point projected into each smaller ball; a sample misclassified
+    clean is never attacked, so its row is its clean confidence throughout.
+
     The per-sample arrays the size of the samples (``delta``, ``anchor``) are ndarrays for library
     use, and :class:`RowFile` s on disk in an evaluation, so a job holds one batch of them at a time.
     """
@@ -145,12 +156,15 @@ class SweepState:
     prepared: bool = False
     anchor: np.ndarray | RowFile | None = None  # a minimal-norm adversarial per sample, from a pre-stage
     min_norm: np.ndarray | None = None
+    true_conf: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n: int, sample_shape: tuple[int, ...], n_eps: int, delta: np.ndarray | None = None) -> SweepState:
         if delta is None:
             delta = np.zeros((n, *sample_shape), dtype=np.float32)
-        return cls(np.full(n, n_eps, dtype=np.int32), np.full(n, np.nan, dtype=np.float32), delta)
+        state = cls(np.full(n, n_eps, dtype=np.int32), np.full(n, np.nan, dtype=np.float32), delta)
+        state.true_conf = np.full((n, n_eps), np.nan, dtype=np.float32)
+        return state
 
     def rows_like_delta(self, kind: str) -> np.ndarray | RowFile:
         """Zeros shaped like ``delta``, kept where it is kept (on disk, named ``kind``, beside it)."""
@@ -279,7 +293,10 @@ class Attack:
         for pos in self._batches(np.arange(len(source))):
             x, y = self._load(source, pos, device)
             with torch.no_grad():
-                wrong = (model(x).argmax(1) != y).cpu().numpy()
+                scores = model(x)
+                wrong = (scores.argmax(1) != y).cpu().numpy()
+            if state.true_conf is not None:  # every column: a sample never attacked stays at its clean point
+                state.true_conf[pos] = true_probability(scores, y).cpu().numpy()[:, None]
             state.broken_at[pos[wrong]] = 0
             state.norms[pos[wrong]] = 0.0
             done += len(pos)
@@ -308,6 +325,7 @@ class Attack:
             x0, _ = source.read(np.arange(min(1, n)))
             state = SweepState.empty(n, tuple(x0.shape[1:]), n_eps)
         total = n * (n_eps + self.prepare_weight)
+        self.epsilons = list(epsilons)  # for the confidence at the smaller epsilons of a sample that resisted
         if state.next_k == 0:
             self.with_smaller_batches_on_oom(lambda: self.clean_pass(model, source, state, device, hooks, total))
             state.next_k = 1
@@ -344,11 +362,29 @@ class Attack:
             x, y = self._load(source, pos, device)
             delta, ok = self._attack_batch(model, x, y, eps, bounds, state, pos, device, k, hooks.should_stop)
             won = torch.from_numpy(ok).to(device)
+            # Before the outcome is written: an out-of-memory error in its forwards redoes the whole batch.
+            self._record_confidence(model, x, y, delta, won, state, pos, k, bounds)
             state.delta[pos[ok]] = delta[won].detach().cpu().numpy()
             state.broken_at[pos[ok]] = k
             state.norms[pos[ok]] = lp_norm(delta[won], self.norm).cpu().numpy()
             done += len(pos)
             hooks.progress(done, total)
+
+    @torch.no_grad()
+    def _record_confidence(self, model, x, y, delta, won, state, pos, k, bounds) -> None:
+        """``state.true_conf`` at epsilon ``k`` for this batch; for the samples that resisted, also at
+        every smaller epsilon (their point projected into each ball): they are never attacked there."""
+        if state.true_conf is None:
+            return
+        delta = delta.float()
+        state.true_conf[pos, k] = true_probability(model(x + delta), y).cpu().numpy()
+        lost = (~won).nonzero().squeeze(1)
+        if len(lost) == 0:
+            return
+        xs, ys, ds, rows = x[lost], y[lost], delta[lost], pos[lost.cpu().numpy()]
+        for j in range(1, k):
+            dj = clip_to_bounds(xs, project(ds, float(self.epsilons[j]), self.norm), bounds)
+            state.true_conf[rows, j] = true_probability(model(xs + dj), ys).cpu().numpy()
 
     def with_smaller_batches_on_oom(self, run: Callable[[], None]) -> None:
         """Run one stage; on out-of-memory, halve the batch size and run it again (down to one sample)."""

@@ -34,6 +34,6 @@ class Noise(Attack):
             if ctx.trace is not None:
                 ctx.trace.record(None, delta, logits)
             adv = (logits.argmax(1) != y) & ~success
-            best[adv] = delta[adv]
+            best[~success] = delta[~success]  # an adversarial draw, or the latest one while none was
             success |= adv
         return best, success

@@ -50,6 +50,7 @@ class PGD(Attack):
 
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        # A sample it breaks gets its adversarial; one that resists, the last point of its last run.
         out = init.clone() if init is not None else torch.zeros_like(x)
         if is_warm(init):
             # Rows of init that are zero (no warm start) get a random start here, and a fresh one below.
@@ -109,6 +110,9 @@ class PGD(Attack):
             if bool(adv.any()):
                 found[idx[adv]] = True
                 out[idx[adv]] = delta[adv]
+            spent = ~adv & ~keep  # steps run out: its last point is what the attack returns for it
+            if bool(spent.any()):
+                out[idx[spent]] = delta[spent].to(out.dtype)
             if bool(keep.any()):
                 step = delta[keep] + alpha * steepest_direction(grad[keep], self.norm)
                 delta = clip_to_bounds(xa[keep], project(step, eps, self.norm), ctx.bounds)
