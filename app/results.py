@@ -1,34 +1,21 @@
 """A finished evaluation's per-epsilon figures as rows: what the CSV, the plots and the report show.
 
 An output written since issue 9 carries a ``figures`` block (intervals, attack success rate,
-confidence, per-class accuracy); an older one has only the curve. Both read here, so every
-format shows the same numbers, and an old output shows what exists. No torch, no numpy.
+confidence, per-class accuracy); an older one has only the curve, and its intervals come from
+``app.figures.wilson``, the one that computes new outputs'. Both read here, so every format shows
+the same numbers, and an old output shows what exists. No torch.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from typing import Any
 
-Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+from .figures import wilson
+
 NORM_LABELS = {"linf": "L\u221e", "l2": "L2"}
 MAX_LABEL = 60  # characters of a user-given name shown in a plot or a title
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
-    """The Wilson score interval of a proportion (95% by default); None when ``n`` is 0.
-
-    Only for outputs written before ``figures`` existed. The same function as ``app.figures.wilson``
-    (helper H1's, which computes the figures of new outputs); once both are merged this one goes."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def has_figures(output: dict[str, Any]) -> bool:

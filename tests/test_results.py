@@ -12,6 +12,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import redis
+from markupsafe import escape
 from PIL import Image
 
 from conftest import queue_client, submit, wait_status
@@ -52,8 +53,9 @@ def assert_self_contained(html: str) -> None:
 
 
 def with_figures(output: dict) -> dict:
-    """The output as H1's engine writes it (figures, checks, reliable), built here from the real curve
-    while that branch is unmerged: the lead switches this test to the real output after the merge."""
+    """The output with figures and checks built here from the real curve, so that a check can warn with
+    markup in its message (escaping) and two samples can be laid out exactly (one misclassified clean);
+    the real figures, checks and samples are asserted in ``test_csv_plots_and_report_of_a_finished_evaluation``."""
     ys, n = output["sec-curve"]["y-values"], output["n-samples"]
     per = [
         {
@@ -121,9 +123,10 @@ def test_csv_plots_and_report_of_a_finished_evaluation(client, worker, assets, a
     assert [float(row["accuracy"]) for row in table] == out["sec-curve"]["y-values"]
     assert [float(row["epsilon-absolute"]) for row in table] == out["attack"]["epsilons-absolute"]
     assert all(int(row["n"]) == 40 for row in table)
-    if "figures" in out:  # once H1's figures are in real outputs, every per-epsilon figure is a column
-        per = out["figures"]["per-epsilon"]
-        assert [float(row["accuracy-ci95-low"]) for row in table] == [p["accuracy-ci95"][0] for p in per]
+    per = out["figures"]["per-epsilon"]  # every per-epsilon figure of the real output is a column
+    assert [float(row["accuracy-ci95-low"]) for row in table] == [p["accuracy-ci95"][0] for p in per]
+    assert [row["attack-success-rate"] for row in table][0] == ""
+    assert [float(row["mean-true-confidence"]) for row in table] == [p["mean-true-confidence"] for p in per]
 
     first = client.get(f"{BASE}/{job_id}/plot.png")
     assert first.status_code == 200 and first.mimetype == "image/png"
@@ -148,8 +151,11 @@ def test_csv_plots_and_report_of_a_finished_evaluation(client, worker, assets, a
     assert "cnn.onnx" in html and "val.h5" in html and f"evaluation {noise_id}" in html
     assert f"Clean accuracy is {100 * out['clean-accuracy']:.1f}%" in html
     assert f"{out['sec-value']:.3f}" in html
-    if "checks" not in out:  # today's output: the report says what it lacks
-        assert "reliability checks: this output predates them" in html
+    # The real checks, the per-class table and the inspected samples' grid, from the worker's own files.
+    assert len(out["checks"]) == 9 and all(str(escape(c["message"])) in html for c in out["checks"])
+    assert ("not reliable" in html) != out["reliable"] and "Accuracy per class" in html
+    assert out["inspection"]["count"] == 8 and html.count('alt="adversarial"') == 8
+    assert "Not in this evaluation" not in html
 
 
 def test_report_shows_figures_checks_classes_and_samples_and_escapes_names(client, worker, assets, settings, appdata):
