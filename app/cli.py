@@ -138,6 +138,13 @@ def print_curve(output: dict[str, Any], file=sys.stdout, baseline: dict[str, Any
         f"sec-value {output['sec-value']:.3f} ({output['sec-level']}), {output['n-samples']} samples, {output['attack']['repr']}",
         file=file,
     )
+    checks = output.get("checks")
+    if checks:  # outputs from before the reliability checks have none
+        warned = [c for c in checks if c["status"] != "pass"]
+        verdict = "yes" if not warned else "NO"
+        print(f"reliable: {verdict} ({len(checks) - len(warned)} of {len(checks)} checks pass)", file=file)
+        for check in warned:
+            print(f"  warn {check['name']}: {check['message']}", file=file)
 
 
 def main(argv: list[str] | None = None) -> int:

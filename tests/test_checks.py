@@ -76,7 +76,9 @@ def test_the_plain_cnn_is_reliable_and_every_figure_is_there(client, worker, ass
     by_name = {c["name"]: c for c in out["checks"]}
     assert by_name["input-gradients"]["value"] == 0 and by_name["input-gradients"]["samples"] == 64
     assert by_name["falls-towards-chance"]["value"] <= 0.1
-    assert by_name["loss-converged"]["value"] is None and "Not measured" in by_name["loss-converged"]["message"]
+    # Measured on the per-sample inspection's traces of the real attack: every traced run counts.
+    assert by_name["path-adversarial-kept"]["samples"] > 0 and by_name["path-adversarial-kept"]["value"] == 0
+    assert by_name["loss-converged"]["value"] is not None and "Not measured" not in by_name["loss-converged"]["message"]
     fig = out["figures"]
     assert [row["epsilon"] for row in fig["per-epsilon"]] == EPS
     assert [row["accuracy"] for row in fig["per-epsilon"]] == out["sec-curve"]["y-values"]
