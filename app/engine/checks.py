@@ -60,9 +60,14 @@ def _pick(positions: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(positions, size=k, replace=False))
 
 
-def _tensors(source, pos: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = source.read(pos)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device), torch.from_numpy(np.asarray(y)).to(device)
+def _tensors(source, pos: np.ndarray, device: torch.device, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probed samples (at most ``PROBE``), read a batch at a time like the sweep's reads."""
+    xs, ys = [], []
+    for i in range(0, len(pos), max(1, batch)):
+        x, y = source.read(pos[i : i + batch])
+        xs.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+        ys.append(torch.from_numpy(np.asarray(y)).to(device))
+    return torch.cat(xs), torch.cat(ys)
 
 
 def model_probes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
@@ -159,7 +164,7 @@ def _attack_counts(model, source, state, pos, x, y, epsilons, bounds, attack, de
     gf_pos = _pick(standing, GRADIENT_FREE, seed + 1)
     broke = 0
     if len(gf_pos):
-        xs, ys = _tensors(source, gf_pos, device)
+        xs, ys = _tensors(source, gf_pos, device, attack.batch_size)
         channels_last = notes.get("input-layout") == "nhwc"
         broke = gradient_free_breaks(attack, model, xs, ys, float(epsilons[-1]), bounds, channels_last, seed, stop)
     return {
@@ -195,7 +200,7 @@ def run(
     counts = {
         name: [0, len(pos), THRESHOLDS[name]] for name in ("input-gradients", "logits-not-probabilities", "deterministic-forward")
     }
-    x, y = _tensors(source, pos, device) if len(pos) else (None, None)
+    x, y = _tensors(source, pos, device, attack.batch_size) if len(pos) else (None, None)
     for i in range(0, len(pos), attack.batch_size):  # the batch the sweep fitted in memory
         for name, count in model_probes(model, x[i : i + attack.batch_size], y[i : i + attack.batch_size]).items():
             counts[name][0] += count

@@ -82,14 +82,46 @@ def inspect(
     pos = positions(count, attack.offset, len(source))
     if len(pos) == 0:
         return None
+    # A sample's points at every epsilon (and their attributions) are held at once: the batch the sweep
+    # fitted in memory, shared out over the epsilons, bounds how many samples are inspected together.
+    size = max(1, attack.batch_size // len(epsilons))
+    samples, pngs, traces = [], {}, []
+    for start in range(0, len(pos), size):
+        part = _inspect_part(
+            attack, model, source, state, epsilons, fractions, bounds, layout, indexes, pos[start : start + size], device,
+            should_stop,
+        )  # fmt: skip
+        samples += part.index["samples"]
+        pngs.update(part.images)
+        traces += part.traces
+    index = {"samples": samples, "attack": attack.name, "norm": attack.norm, "layout": layout, "attribution": METHOD}
+    return Inspection(index, pngs, traces)
+
+
+def _inspect_part(
+    attack: Attack,
+    model: nn.Module,
+    source: Any,
+    state: SweepState,
+    epsilons: list[float],
+    fractions: list[float],
+    bounds: tuple[float, float],
+    layout: str,
+    indexes: np.ndarray,
+    pos: np.ndarray,
+    device: torch.device,
+    should_stop: Callable[[], bool],
+) -> Inspection:
+    """The samples at local positions ``pos``: re-attacked, traced and drawn together."""
     xs, ys = source.read(pos)
     x, y = torch.from_numpy(np.ascontiguousarray(xs)).to(device), torch.from_numpy(np.asarray(ys)).to(device)
     broken = state.broken_at[pos]
     counted = torch.from_numpy(np.asarray(state.delta[pos])).to(device)
     rows = torch.from_numpy(np.flatnonzero(broken > 0)).to(device)  # attacked: correct before the attack
     anchor = torch.from_numpy(np.asarray(state.anchor[pos])).to(device)[rows] if state.anchor is not None else None
-    ctx = Context(model, bounds, attack.generator(device, 0, 0), attack.autocast, should_stop=should_stop)
-    reruns = _rerun(attack, ctx, x[rows], y[rows], epsilons, anchor)
+    first = int(pos[0])
+    ctx = Context(model, bounds, attack.generator(device, 0, first), attack.autocast, should_stop=should_stop)
+    reruns = _rerun(attack, ctx, x[rows], y[rows], epsilons, anchor, first)
 
     shown = [torch.zeros_like(x)]  # per epsilon index: the perturbation shown for each sample
     for k in range(1, len(epsilons)):
@@ -149,12 +181,17 @@ def inspect(
             }
         )
         pngs.update(_images(sample, xs[i], [d[i] for d in deltas], attr[:, i], layout, bounds))
-    index = {"samples": samples, "attack": attack.name, "norm": attack.norm, "layout": layout, "attribution": METHOD}
-    return Inspection(index, pngs, traces)
+    return Inspection({"samples": samples}, pngs, traces)
 
 
 def _rerun(
-    attack: Attack, ctx: Context, x: torch.Tensor, y: torch.Tensor, epsilons: list[float], anchor: torch.Tensor | None
+    attack: Attack,
+    ctx: Context,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilons: list[float],
+    anchor: torch.Tensor | None,
+    first: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor, Trace]]:
     """Per epsilon (index 1 on): the re-run's returned perturbation (projected, clipped), whether it is
     a verified adversarial, and its trace."""
@@ -174,7 +211,7 @@ def _rerun(
     for k, eps in enumerate(epsilons[1:], start=1):
         trace = Trace(y, attack.norm)
         run = Context(
-            ctx.model, ctx.bounds, attack.generator(x.device, k, 0), ctx.autocast, should_stop=ctx.should_stop, trace=trace
+            ctx.model, ctx.bounds, attack.generator(x.device, k, first), ctx.autocast, should_stop=ctx.should_stop, trace=trace
         )
         if anchor is not None:
             run.extra["anchor"] = anchor
