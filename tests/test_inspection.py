@@ -109,7 +109,10 @@ def test_samples_index_pngs_and_traces_agree_with_the_curve(client, worker, appd
             else:
                 assert not np.array_equal(adv, clean) and diff.min() < diff.max()
                 changed += e["adversarial"]
-    assert changed and unchanged, "the run shows both kinds of sample, so both assertions were tested"
+    # PGD returns its last point where a sample resists, so a zero perturbation is shown only for a sample
+    # misclassified before the attack (never attacked); each of those was checked above.
+    assert changed, "some sample was broken, so the adversarial images were checked"
+    assert unchanged == sum(len(eps_abs) - 1 for s in index["samples"] if broken[s["sample"]] == 0)
 
     one = client.get(f"/api/security_evaluations/{job}/samples/3").get_json()
     assert one["index"] == 3 and one["links"]["self"].endswith(f"/{job}/samples/3") and len(one["epsilons"]) == len(EPS)
