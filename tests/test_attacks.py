@@ -11,7 +11,8 @@ from app import schemas
 from app.engine.assets import export_onnx
 from app.engine.attacks import ATTACKS, ArraySource, build
 from app.engine.attacks.apgd import checkpoints
-from app.engine.attacks.base import Best, Context, lp_norm
+from app.engine.attacks.base import Best, Context
+from app.engine.attacks.geometry import lp_norm
 from app.engine.models import load_onnx
 
 SMALL = {

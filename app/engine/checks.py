@@ -39,8 +39,9 @@ from torch import nn
 
 from .. import reliability
 from ..reliability import THRESHOLDS, verdict
-from .attacks.base import ArraySource, Attack, Context, Hooks, SweepState, clip_to_bounds, project, verify
+from .attacks.base import ArraySource, Attack, Context, Hooks, SweepState, verify
 from .attacks.fgsm import FGSM
+from .attacks.geometry import clip_to_bounds, project
 from .attacks.random_search import RandomSearch
 from .attacks.square import Square
 

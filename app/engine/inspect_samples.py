@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from .. import images
-from .attacks.base import Attack, Context, StopRequested, SweepState, clip_to_bounds, lp_norm, project, verify
+from .attacks.base import Attack, Context, StopRequested, SweepState, verify
 from .attacks.fmn import minimal_norm
+from .attacks.geometry import clip_to_bounds, lp_norm, project
 from .attacks.trace import Trace
 from .attribution import METHOD, integrated_gradients
 

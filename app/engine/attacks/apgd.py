@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Best, Context, batch_view, clip_to_bounds, is_warm, project, random_in_ball, steepest_direction
+from .base import Attack, Best, Context, is_warm
+from .geometry import batch_view, clip_to_bounds, project, random_in_ball, steepest_direction
 from .losses import LOSSES
 
 RHO = 0.75

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from .apgd import APGD
-from .base import Context, lp_norm, project
+from .base import Context
 from .fmn import FMN
+from .geometry import lp_norm, project
 
 NEAR = 1.25  # FMN norm within this many epsilons: near the boundary
 ALL_TARGETS = 9  # as AutoAttack's targeted attacks

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Context, clip_to_bounds, project, steepest_direction
+from .base import Attack, Context
+from .geometry import clip_to_bounds, project, steepest_direction
 from .losses import cross_entropy
 
 

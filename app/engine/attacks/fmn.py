@@ -18,19 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import (
-    Attack,
-    Bounds,
-    Context,
-    Hooks,
-    Source,
-    SweepState,
-    batch_view,
-    clip_to_bounds,
-    lp_norm,
-    project,
-    steepest_direction,
-)
+from .base import Attack, Bounds, Context, Hooks, Source, SweepState
+from .geometry import batch_view, clip_to_bounds, lp_norm, project, steepest_direction
 from .losses import margin
 
 DUAL = {"linf": 1, "l2": 2}

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Context, clip_to_bounds, random_on_sphere
+from .base import Attack, Context
+from .geometry import clip_to_bounds, random_on_sphere
 
 
 class Noise(Attack):

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Context, clip_to_bounds, is_warm, project, random_in_ball, steepest_direction
+from .base import Attack, Context, is_warm
+from .geometry import clip_to_bounds, project, random_in_ball, steepest_direction
 from .losses import LOSSES
 
 WARM_FRACTION = 0.2  # of the steps, for the run from a warm start before the fresh one

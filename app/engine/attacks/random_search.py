@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Context, batch_view, clip_to_bounds, lp_norm, random_on_sphere
+from .base import Attack, Context
+from .geometry import batch_view, clip_to_bounds, lp_norm, random_on_sphere
 from .losses import margin
 from .square import p_schedule
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .base import Attack, Context, clip_to_bounds
+from .base import Attack, Context
+from .geometry import clip_to_bounds
 from .losses import margin
 
 # The paper's schedule, written for 10,000 queries: p halves after these fractions of the budget.

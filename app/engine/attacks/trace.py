@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import lp_norm
+from .geometry import lp_norm
 
 MAX_POINTS = 256  # per stored trace: longer paths are thinned to evenly spaced steps (first and last kept)
 
