@@ -131,7 +131,8 @@ def start_api(redis_url, appdata, port, **extra) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = Client(f"http://127.0.0.1:{port}", api_key=extra.get("TEST_KEY"))
+    # No retries: this loop polls by itself, and a 503 (Redis down) already means "started".
+    client = Client(f"http://127.0.0.1:{port}", api_key=extra.get("TEST_KEY"), retries=0)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
