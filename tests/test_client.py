@@ -36,8 +36,9 @@ class Scripted(BaseHTTPRequestHandler):
             if not chunk:
                 break
             received, left = received + len(chunk), left - len(chunk)
-        self.server.seen.append({"method": self.command, "path": self.path, "length": length, "received": received,
-                                 "at": time.monotonic()})
+        self.server.seen.append(
+            {"method": self.command, "path": self.path, "length": length, "received": received, "at": time.monotonic()}
+        )
         action = self.server.script.pop(0)
         if action == "drop":
             return
@@ -111,7 +112,10 @@ def test_upload_streams_a_file_four_times_the_memory_cap_and_resends_it_after_a_
     server = scripted([READY, REDIS_DOWN, READY])
     child = subprocess.run(
         [sys.executable, "-c", CHILD, server.url, str(big), str(small), str(headroom_mb)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert child.returncode == 0, child.stderr
     report = json.loads(child.stdout)
