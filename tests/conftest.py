@@ -223,3 +223,15 @@ def upload_model(client, path: Path | None = None, *, name: str | None = None, d
     r = client.post("/api/models", data=data, content_type="multipart/form-data", headers=headers or {})
     assert r.status_code == 202 and r.get_json()["status"] == "verifying", r.get_json()
     return verified(client, r.get_json()["id"], headers, expect)
+
+
+@pytest.fixture(scope="session")
+def live_api(redis_server, appdata, worker) -> str:
+    """The API under real gunicorn on the session's Redis, data directory and worker; its base URL
+    (the remote CLI's and newman's tests drive it as a user would)."""
+    from app.redis_server import free_port
+
+    port = free_port()
+    proc = start_api(redis_server.url, appdata, port)
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)

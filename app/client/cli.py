@@ -141,8 +141,10 @@ def results_command(client: Client, args: argparse.Namespace) -> int:
 
 
 def show_output(client: Client, job_id: str, output: dict[str, Any], args: argparse.Namespace) -> None:
-    if args.csv:
-        sys.stdout.write(client.csv(job_id))
+    if args.csv:  # the server's bytes as they are (its CRLF line ends included): `--csv > curve.csv` is its file
+        sys.stdout.flush()
+        sys.stdout.buffer.write(client.download(f"/api/security_evaluations/{job_id}/output/csv"))
+        sys.stdout.buffer.flush()
     elif args.json:
         _print_json(output)
     else:
