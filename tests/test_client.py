@@ -170,3 +170,16 @@ def test_wait_raises_job_failed_with_the_record_and_times_out(scripted):
     server = scripted([(200, {}, {"job_id": "j", "job-status": "started"})] * 3)
     with pytest.raises(TimedOut):
         Client(server.url).wait("j", timeout=0.2, poll=0.1)
+
+
+def test_a_model_with_external_data_uploads_from_its_two_files(live_api, assets, tmp_path):
+    from test_external_data import DATA, export_external
+
+    graph, data = export_external(assets.model, tmp_path / "export")
+    with Client(live_api) as client:
+        record = client.upload("models", graph, external_data=[data])  # verified by the session's worker
+        assert record["status"] == "ready" and record["external-data"] == [DATA]
+        assert record["size"] == graph.stat().st_size + data.stat().st_size
+        with pytest.raises(ApiError) as err:  # the graph alone: the API's 422, typed, its message kept
+            client.upload("models", graph)
+    assert err.value.status == 422 and "external-data" in err.value.message
