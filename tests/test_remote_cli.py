@@ -98,6 +98,11 @@ def test_failed_job_exits_1_and_an_api_error_exits_2_with_its_message(live_api, 
     refused = run("submit", "--trained-model", "files/absent.onnx", "--dataset", "files/val.h5")
     assert refused.returncode == 2 and "HTTP 400: trained-model:" in refused.stderr, refused.stderr
     assert run("wait").returncode == 2  # usage: no job id
+    # The remote commands need no torch: they run where only the API's requirements are installed.
+    code = "import sys; from app.cli import main; rc = main(['list']); print(rc, 'torch' in sys.modules)"
+    env = {**os.environ, "SECEV_URL": live_api, "PYTHONPATH": str(ROOT)}
+    probe = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.split()[-2:] == ["0", "False"], probe.stdout + probe.stderr
 
 
 def test_a_redis_outage_is_ridden_out_by_honouring_retry_after(tmp_path, assets):
