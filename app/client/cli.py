@@ -84,6 +84,9 @@ def _command(body: Callable[[Client, argparse.Namespace], int | None]) -> Callab
         except OSError as exc:  # TimedOut, Unreachable, and a local file that cannot be read
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C while waiting stops the waiting, not the job
+            print("\ninterrupted: a submitted evaluation goes on (see `python -m app list`)", file=sys.stderr)
+            return 130
 
     return run
 
