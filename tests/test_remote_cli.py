@@ -98,6 +98,8 @@ def test_failed_job_exits_1_and_an_api_error_exits_2_with_its_message(live_api, 
     refused = run("submit", "--trained-model", "files/absent.onnx", "--dataset", "files/val.h5")
     assert refused.returncode == 2 and "HTTP 400: trained-model:" in refused.stderr, refused.stderr
     assert run("wait").returncode == 2  # usage: no job id
+    bogus = run("list", "--status", "bogus")
+    assert bogus.returncode == 2 and "HTTP 400: status: must be one of" in bogus.stderr, bogus.stderr
     # The remote commands need no torch: they run where only the API's requirements are installed.
     code = "import sys; from app.cli import main; rc = main(['list']); print(rc, 'torch' in sys.modules)"
     env = {**os.environ, "SECEV_URL": live_api, "PYTHONPATH": str(ROOT)}
