@@ -51,28 +51,38 @@ def links(*names: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
 
 # -- Responses -------------------------------------------------------------------
 HEADERS = {
-    "Location": {"description": "the URL of the created resource", "schema": URL},
-    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}},
+    "Location": {"description": "the URL of the created resource (303: of the status)", "required": True, "schema": URL},
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
     "Content-Disposition": {"description": "the file name to save the document under", "schema": STRING},
 }
-ERRORS = {
-    400: ("Bad request: the error names the problem and details.field the field or query parameter", ()),
-    401: ("An API key is required or unknown (only when the service has API keys)", ()),
-    404: ("Not found (another tenant's object answers exactly like a missing one)", ()),
-    408: ("The request body did not arrive in time", ()),
-    409: ("Conflict: not finished yet, or a file still being checked (then with Retry-After)", ("Retry-After",)),
-    413: ("The body is larger than the limit details names", ()),
-    422: ("The file is not a usable model or dataset (details say why)", ()),
-    429: ("Too many unfinished evaluations for this API key (MAX_CONCURRENT_JOBS)", ()),
-    503: ("The job store (Redis) is unreachable or the server is overloaded: retry after Retry-After", ("Retry-After",)),
+# A 409 carries Retry-After only while a file named in the request is still being checked.
+RETRY_WHILE_CHECKING = {
+    "description": "while a file is being checked: seconds to wait",
+    "schema": {"type": "integer", "minimum": 0},
 }
+ERRORS = {
+    400: "Bad request: the error names the problem and details.field the field or query parameter",
+    401: "An API key is required or unknown (only when the service has API keys)",
+    404: "Not found (another tenant's object answers exactly like a missing one)",
+    408: "The request body did not arrive in time",
+    409: "Conflict: not finished yet, or a file named in the request still being checked (then with Retry-After)",
+    413: "The body is larger than the limit details names",
+    422: "The file is not a usable model or dataset (details say why)",
+    429: "Too many unfinished evaluations for this API key (MAX_CONCURRENT_JOBS)",
+    503: "The job store (Redis) is unreachable or the server is overloaded: retry after Retry-After",
+}
+HEADERS_OF = {409: {"Retry-After": RETRY_WHILE_CHECKING}, 503: {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}}
 RESPONSES = {
     f"Error{code}": {
         "description": text,
-        **({"headers": {h: {"$ref": f"#/components/headers/{h}"} for h in headers}} if headers else {}),
+        **({"headers": HEADERS_OF[code]} if code in HEADERS_OF else {}),
         "content": {"application/json": {"schema": ref("Error")}},
     }
-    for code, (text, headers) in ERRORS.items()
+    for code, text in ERRORS.items()
 }
 
 
