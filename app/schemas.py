@@ -43,26 +43,28 @@ MAX_INSPECT_SAMPLES = 32
 ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {a.name: a.defaults() for a in catalog.ATTACKS}
 APGD_LOSSES = catalog.APGD_LOSSES
 
+
+def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**schema, "description": description} if description else schema
+
+
 def _integer_field(lo: int, hi: int, default: int, description: str = "") -> dict[str, Any]:
-    return {"type": "integer", "minimum": lo, "maximum": hi, "default": default, "description": description}
+    return _described({"type": "integer", "minimum": lo, "maximum": hi, "default": default}, description)
 
 
 def _enum_field(choices: tuple[str, ...], default: str, description: str = "") -> dict[str, Any]:
-    return {"type": "string", "enum": list(choices), "default": default, "description": description}
+    return _described({"type": "string", "enum": list(choices), "default": default}, description)
 
 
-REFERENCE = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": MAX_REFERENCE_CHARS,
-    "description": "an uploaded id, or a file name inside the data directory's files/ folder",
-}
+REFERENCE = _described(
+    {"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE_CHARS}, "an uploaded id, or a file name in the files/ folder"
+)
 SAMPLE_INDEX = {"type": "integer", "minimum": 0, "maximum": MAX_SAMPLE_INDEX}
 CHANNEL_VALUES = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": MAX_CHANNELS}
 # The request's fields, each as its JSON Schema: the one table the validator below reads its ranges,
 # choices and defaults from, and that the OpenAPI document publishes (``request_schema``), so the two
-# cannot disagree. The messages stay the validator's own; the settings narrow two limits (MAX_PERTURBATION_VALUES,
-# MAX_SHARDS), which ``request_schema`` writes in.
+# cannot disagree. The messages stay the validator's own; ``request_schema`` writes in the two limits that are
+# settings (MAX_PERTURBATION_VALUES, MAX_SHARDS).
 FIELDS: dict[str, dict[str, Any]] = {
     "trained-model": REFERENCE,
     "dataset": REFERENCE,
@@ -83,13 +85,7 @@ FIELDS: dict[str, dict[str, Any]] = {
         "description": "the attack's parameters (GET /api/attacks: names, types, ranges, defaults)",
     },
     "evaluation-mode": _enum_field(("complete", "fast"), "complete", f"fast: the first {FAST_MODE_SAMPLES} samples"),
-    "indexes": {
-        "type": "array",
-        "items": SAMPLE_INDEX,
-        "minItems": 1,
-        "maxItems": MAX_INDEXES,
-        "description": "the samples to evaluate (default: all)",
-    },
+    "indexes": _described({"type": "array", "items": SAMPLE_INDEX, "minItems": 1, "maxItems": MAX_INDEXES}, "default: all"),
     "preprocessing": {
         "type": "object",
         "properties": {"mean": CHANNEL_VALUES, "std": CHANNEL_VALUES},

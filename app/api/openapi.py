@@ -231,7 +231,30 @@ def document() -> dict[str, Any]:
         },
     }
     # The results endpoints and bulk delete are described in their own module, merged in here.
-    return openapi_results.merge(doc)
+    openapi_results.merge(doc)
+    for path, item in doc["paths"].items():
+        for method in item.keys() - {"parameters"}:
+            item[method].setdefault("tags", [tag_of(path)])
+            # Any request may meet an overloaded server (gunicorn's JSON 503 with Retry-After: 1).
+            item[method]["responses"].setdefault("503", errors(503)["503"])
+    return doc
+
+
+TAGS = {
+    "models": "files",
+    "datasets": "files",
+    "security_evaluations": "evaluations",
+    "adversarial_examples": "examples",
+    "attacks": "attacks",
+}
+RESULTS = ("/output/csv", "/plot.png", "/plot.svg", "/report")
+
+
+def tag_of(path: str) -> str:
+    """Swagger UI's group of an operation: files, evaluations, results, examples, attacks, service."""
+    if path.endswith(RESULTS) or path == "/api/plots":
+        return "results"
+    return TAGS.get(path.split("/")[2], "service")
 
 
 @bp.get("/openapi.json")
