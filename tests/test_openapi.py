@@ -110,11 +110,13 @@ def upload(client, kind: str, name: str, content: bytes):
 
 
 def test_real_answers_of_a_worker_backed_job_conform_to_the_document(app, client, settings, worker, assets):
+    from app import create_app
+
     answers: list[Answer] = []
     record_answers(app, answers)
     nobody = queue_client(settings, "openapi-nobody")  # a queue no worker serves: its job stays queued
     record_answers(nobody.application, answers)
-    keyed = __import__("app").create_app({**settings, "api_keys": {KEY: "alice"}}).test_client()
+    keyed = create_app({**settings, "api_keys": {KEY: "alice"}}).test_client()
     record_answers(keyed.application, answers)
 
     assert client.get("/api/health").status_code == 200
