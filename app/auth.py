@@ -1,8 +1,9 @@
 """API keys and tenants.
 
 With no keys configured the service is open and every object belongs to the
-tenant ``public``. With keys, each API request but ``/api/health`` must carry one
-(``X-API-Key`` header or ``Authorization: Bearer``), and it sees only its tenant's objects.
+tenant ``public``. With keys, each API request but ``OPEN_PATHS`` (health, the OpenAPI document and
+its Swagger UI page) must carry one (``X-API-Key`` header or ``Authorization: Bearer``), and it sees
+only its tenant's objects.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .exceptions import NotFoundError, UnauthorizedError
 from .extensions import get_settings
 
 __all__ = ["PUBLIC", "authenticate", "check_owner", "tenant"]
-OPEN_PATHS = ("/api/health", "/api/openapi.json")
+OPEN_PATHS = ("/api/health", "/api/openapi.json", "/api/docs")
 
 
 def authenticate() -> None:
