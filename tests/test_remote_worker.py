@@ -112,6 +112,20 @@ def test_sharded_evaluation_merges_on_a_remote_worker(remote, assets):
     assert not list((worker_data / "evaluations").iterdir())
 
 
+def test_model_with_external_data_is_fetched_whole_and_verified_remotely(remote, assets, tmp_path):
+    from test_external_data import export_external, zipped
+
+    client, _, worker_data, _ = remote
+    graph, data = export_external(assets.model, tmp_path / "export")
+    archive = tmp_path / "export.zip"
+    archive.write_bytes(zipped({"model.onnx": graph.read_bytes(), data.name: data.read_bytes()}))
+    model = client.upload("models", archive)  # verified by the remote worker on the fetched bundle
+    assert model["status"] == "ready" and model["external-data"] == [data.name]
+    bundle = fetched(worker_data) / f"{model['sha256']}.bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(["model.onnx", data.name])
+    assert (bundle / data.name).read_bytes() == data.read_bytes()
+
+
 def test_a_file_changed_on_the_api_after_upload_fails_the_job(remote, assets, tmp_path):
     client, api_data, worker_data, _ = remote
     model = client.upload("models", assets.model)
