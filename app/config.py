@@ -91,6 +91,8 @@ class Config:
     # torch threads per job (0: torch's default, every core). Several workers on one host each taking every
     # core wait on each other's threads: measured, one job 11x slower than with one thread each.
     torch_threads: int = 0
+    # deployment (issue 10, H1): /metrics answers only with this bearer token when set (empty: open, aggregates only)
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -110,6 +112,8 @@ class Config:
             conversion_cache_mb=_env_int("CONVERSION_CACHE_MB", 1024),
             max_shards=max(1, _env_int("MAX_SHARDS", 4)),
             torch_threads=max(0, _env_int("TORCH_THREADS", 0)),
+            # deployment (issue 10, H1)
+            metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

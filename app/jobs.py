@@ -27,7 +27,7 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from . import shards
+from . import metrics, shards
 from .config import Config
 from .exceptions import ServiceError
 from .extensions import connect
@@ -164,6 +164,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         torch.set_num_threads(settings.torch_threads)
     records = Records(connect(settings), settings.key_prefix)
     storage = Storage(settings.appdata)
+    began = time.monotonic()
     claim = records.claim(job_id)
     if claim is None:
         return None  # deleted, already done, or held by another worker (a duplicate delivery)
@@ -179,6 +180,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
             shards.fail_parent(records, rec, message, details)
 
     stale = False
+    output: dict[str, Any] | None = None
     try:
         if rec is None:
             return None
@@ -241,6 +243,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
     finally:
         lease.stop()
         if not stale:
+            metrics.job_ended(records, job_id, time.monotonic() - began, output)  # /metrics: outcome, duration, throughput
             try:
                 _prune_dangling_executions(records.redis, job_id)
             except redis.RedisError:

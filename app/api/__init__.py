@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 def register_blueprints(app: Flask) -> None:
     from . import evaluations, examples, files, health, openapi, results, samples
+    from . import metrics as metrics_route  # deployment (issue 10, H1): /metrics
 
     app.before_request(body_limits.limit_body)
     app.before_request(auth.authenticate)
@@ -27,6 +28,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(results.bp)
+    app.register_blueprint(metrics_route.bp)
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
