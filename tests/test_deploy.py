@@ -282,3 +282,29 @@ def test_compose_services_run_outside_docker_and_metrics_count_a_real_job(assets
             if log.stat().st_size:
                 print(f"--- {log.name}\n{log.read_text()[-3000:]}")
         shutil.rmtree(blocker, ignore_errors=True)
+
+
+def test_metrics_are_aggregates_open_by_default_and_never_name_tenants_files_or_jobs(settings, assets):
+    from app import create_app
+
+    key = "alice-" + secrets.token_hex(8)
+    client = create_app({**settings, "api_keys": {key: "alice"}}).test_client()
+    own = assets.dir / "alice"  # with tenants, files named by path lie in the tenant's folder
+    own.mkdir(exist_ok=True)
+    for path in (assets.model, assets.dataset):
+        shutil.copy(path, own / path.name)
+    body = {"trained-model": "files/alice/cnn.onnx", "dataset": "files/alice/val.h5", "preprocessing": {}}
+    r = client.post("/api/security_evaluations", json=body, headers={"X-API-Key": key})
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()["job_id"]
+    scraped = client.get("/metrics")  # no METRICS_TOKEN: open, like /api/health, though API keys are on
+    assert scraped.status_code == 200 and scraped.content_type.startswith("text/plain")
+    text = scraped.get_data(as_text=True)
+    samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples if s.labels.get("status") != "started"}
+    assert samples["secev_evaluations"].value == 1 and samples["secev_queue_length"].value == 1
+    for secret in ("alice", key, job, "cnn.onnx", "val.h5", "files/"):
+        assert secret not in text
+    locked = create_app({**settings, "metrics_token": "t0ken"}).test_client()
+    refused = locked.get("/metrics", headers={"Authorization": "Bearer wrong"})
+    assert refused.status_code == 401 and set(refused.get_json()) == {"error", "details"}
+    assert locked.get("/metrics", headers={"Authorization": "Bearer t0ken"}).status_code == 200

@@ -26,5 +26,5 @@ def scrape():
         auth = request.headers.get("Authorization", "")
         supplied = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(supplied.encode(), token.encode()):
-            raise UnauthorizedError("/metrics needs the METRICS_TOKEN (Authorization: Bearer)")
+            raise UnauthorizedError("/metrics needs the METRICS_TOKEN", {"header": "Authorization: Bearer <METRICS_TOKEN>"})
     return Response(metrics.exposition(get_records(), get_queue()), content_type=CONTENT_TYPE_LATEST)
