@@ -8,7 +8,8 @@ BIN    := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
+# requirements.txt includes requirements-api.txt (the API image installs only that one)
+$(VENV)/.runtime: requirements.txt requirements-api.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 

@@ -98,6 +98,8 @@ class Config:
     api_url: str = ""
     worker_token: str = ""
     worker_cache_mb: int = 4096
+    # deployment (issue 10, H1): /metrics answers only with this bearer token when set (empty: open, aggregates only)
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -121,6 +123,8 @@ class Config:
             api_url=os.environ.get("API_URL", "").strip(),
             worker_token=os.environ.get("WORKER_TOKEN", "").strip(),
             worker_cache_mb=max(0, _env_int("WORKER_CACHE_MB", 4096)),
+            # deployment (issue 10, H1)
+            metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

@@ -28,7 +28,7 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from . import remote, shards
+from . import metrics, remote, shards
 from .config import Config
 from .exceptions import ServiceError
 from .extensions import connect
@@ -165,6 +165,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         torch.set_num_threads(settings.torch_threads)
     records = Records(connect(settings), settings.key_prefix)
     storage = Storage(settings.appdata)
+    began = time.monotonic()
     claim = records.claim(job_id)
     if claim is None:
         return None  # deleted, already done, or held by another worker (a duplicate delivery)
@@ -185,6 +186,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
                 shards.fail_parent(records, rec, message, details)
 
     stale = False
+    output: dict[str, Any] | None = None
     try:
         if rec is None:
             return None
@@ -253,6 +255,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         if ended and remote.is_remote(settings):
             storage.remove_job_dir(job_id)  # the API holds the artifacts; checkpoints of an ended job are void
         if not stale:
+            metrics.job_ended(records, job_id, time.monotonic() - began, output)  # /metrics: outcome, duration, throughput
             try:
                 _prune_dangling_executions(records.redis, job_id)
             except redis.RedisError:

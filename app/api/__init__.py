@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 def register_blueprints(app: Flask) -> None:
     from . import evaluations, examples, files, health, openapi, results, samples
     from .internal import bp as internal_bp  # workers on other hosts
+    from . import metrics as metrics_route  # deployment (issue 10, H1): /metrics
 
     app.before_request(body_limits.limit_body)
     app.before_request(auth.authenticate)
@@ -29,6 +30,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(results.bp)
     app.register_blueprint(internal_bp)
+    app.register_blueprint(metrics_route.bp)
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
