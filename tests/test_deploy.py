@@ -288,7 +288,15 @@ def test_metrics_are_aggregates_open_by_default_and_never_name_tenants_files_or_
     from app import create_app
 
     key = "alice-" + secrets.token_hex(8)
-    client = create_app({**settings, "api_keys": {key: "alice"}}).test_client()
+    # a queue no worker serves, so the job stays queued; counts are compared before and after (the suite's Redis is shared)
+    queue = "metrics-" + secrets.token_hex(4)
+    client = create_app({**settings, "api_keys": {key: "alice"}, "queue_name": queue}).test_client()
+
+    def numbers() -> dict[str, float]:
+        families = text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+        return {s.name: s.value for f in families for s in f.samples if s.labels.get("status") != "started"}
+
+    before = numbers()
     own = assets.dir / "alice"  # with tenants, files named by path lie in the tenant's folder
     own.mkdir(exist_ok=True)
     for path in (assets.model, assets.dataset):
@@ -300,8 +308,9 @@ def test_metrics_are_aggregates_open_by_default_and_never_name_tenants_files_or_
     scraped = client.get("/metrics")  # no METRICS_TOKEN: open, like /api/health, though API keys are on
     assert scraped.status_code == 200 and scraped.content_type.startswith("text/plain")
     text = scraped.get_data(as_text=True)
-    samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples if s.labels.get("status") != "started"}
-    assert samples["secev_evaluations"].value == 1 and samples["secev_queue_length"].value == 1
+    after = numbers()
+    assert after["secev_evaluations"] == before["secev_evaluations"] + 1
+    assert after["secev_queue_length"] == before["secev_queue_length"] + 1 == 1
     for secret in ("alice", key, job, "cnn.onnx", "val.h5", "files/"):
         assert secret not in text
     locked = create_app({**settings, "metrics_token": "t0ken"}).test_client()
