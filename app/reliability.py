@@ -105,6 +105,15 @@ def _msg_logits(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str
 
 
 def _msg_deterministic(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str]:
+    random = ctx.get("random-defense")
+    if random:  # declared: attacked with EOT, predicted by a seeded majority vote that must repeat exactly
+        names = ", ".join(random)
+        return (
+            f"The model is randomized beyond its declared defense ({names}): repeated majority-vote predictions on the "
+            f"same input disagree for {c} of {n} samples, which can make attacks look weaker than they are.",
+            f"The declared random defense ({names}) is attacked with expectation over transformation and predicted by a "
+            f"seeded majority vote over its draws; repeated predictions agree for all {n} samples checked.",
+        )
     return (
         f"Repeated forward passes on the same input disagree for {c} of {n} samples: the model is randomized, "
         "which can make attacks look weaker than they are.",
@@ -267,6 +276,7 @@ def context(norm: str, notes: dict[str, Any]) -> dict[str, Any]:
         "probabilities-to-log": bool(notes.get("probabilities-to-log")),
         "probe": "as large as the whole input range" if norm == "linf" else "as large as the input box's diagonal (L2)",
         "gradient-free": "the gradient-free Square attack" if norm == "linf" else "a gradient-free random search",
+        "random-defense": list(notes.get("random-defense") or []),
     }
 
 
