@@ -99,9 +99,13 @@ DEFENSES: tuple[Defense, ...] = (
         "JPEG compression",
         "Each sample is encoded as a JPEG at the given quality and decoded again (Pillow), in the input range "
         "quantised to 8 bits; 3 channels as one colour image, any other count channel by channel.",
-        {"title": "Countering Adversarial Images using Input Transformations; A study of the effect of JPG "
-         "compression on adversarial images", "authors": "Guo, Rana, Cisse, van der Maaten; Dziugaite, Ghahramani, Roy",
-         "venue": "ICLR 2018; arXiv 2016", "url": "https://arxiv.org/abs/1711.00117"},
+        {
+            "title": "Countering Adversarial Images using Input Transformations; A study of the effect of JPG "
+            "compression on adversarial images",
+            "authors": "Guo, Rana, Cisse, van der Maaten; Dziugaite, Ghahramani, Roy",
+            "venue": "ICLR 2018; arXiv 2016",
+            "url": "https://arxiv.org/abs/1711.00117",
+        },
         (Param("quality", "integer", 75, "JPEG quality (1: strongest compression, 100: weakest)", 1, 100),),
         differentiable=False,
         random=False,
@@ -113,8 +117,12 @@ DEFENSES: tuple[Defense, ...] = (
         "Gaussian noise",
         "Adds normal noise of standard deviation sigma x (upper - lower input bound) to every input value, "
         "then clips to the input bounds. Random: predictions are a majority vote over draws.",
-        {"title": "Certified Adversarial Robustness via Randomized Smoothing", "authors": "Cohen, Rosenfeld, Kolter",
-         "venue": "ICML 2019", "url": "https://arxiv.org/abs/1902.02918"},
+        {
+            "title": "Certified Adversarial Robustness via Randomized Smoothing",
+            "authors": "Cohen, Rosenfeld, Kolter",
+            "venue": "ICML 2019",
+            "url": "https://arxiv.org/abs/1902.02918",
+        },
         (Param("sigma", "number", 0.1, "noise standard deviation as a fraction of the input range", 0, 1),),
         differentiable=True,
         random=True,
@@ -139,14 +147,32 @@ BY_NAME: dict[str, Defense] = {d.name: d for d in DEFENSES}
 
 # ``defense-params``: how the defended model is attacked and read.
 DEFENSE_PARAMS: tuple[Param, ...] = (
-    Param("adaptive", "boolean", True, "attack the defended model (BPDA through non-differentiable stages, EOT over "
-          "random ones); false: attack the undefended model and transfer its perturbations (a naive evaluation that "
-          "overstates the defense)"),
-    Param("eot-draws", "integer", 8, "draws of the random stages averaged in each attack gradient (expectation over "
-          "transformation); used only with a random defense", 1, MAX_DRAWS),
-    Param("prediction-draws", "integer", 16, "draws of the random stages voting on each prediction (majority; fixed "
-          "by the request's seed, so a sample's prediction is reproducible); used only with a random defense",
-          1, MAX_DRAWS),
+    Param(
+        "adaptive",
+        "boolean",
+        True,
+        "attack the defended model (BPDA through non-differentiable stages, EOT over "
+        "random ones); false: attack the undefended model and transfer its perturbations (a naive evaluation that "
+        "overstates the defense)",
+    ),
+    Param(
+        "eot-draws",
+        "integer",
+        8,
+        "draws of the random stages averaged in each attack gradient (expectation over "
+        "transformation); used only with a random defense",
+        1,
+        MAX_DRAWS,
+    ),
+    Param(
+        "prediction-draws",
+        "integer",
+        16,
+        "draws of the random stages voting on each prediction (majority; fixed "
+        "by the request's seed, so a sample's prediction is reproducible); used only with a random defense",
+        1,
+        MAX_DRAWS,
+    ),
 )
 
 
@@ -189,8 +215,9 @@ def validate_defenses(value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise _fail(FIELD, f"expected a list of defenses such as [{{\"name\": \"jpeg-compression\", \"quality\": 75}}], "
-                    f"got {_show(value)}")
+        raise _fail(
+            FIELD, f'expected a list of defenses such as [{{"name": "jpeg-compression", "quality": 75}}], got {_show(value)}'
+        )
     if len(value) > MAX_DEFENSES:
         raise _fail(FIELD, f"at most {MAX_DEFENSES} defenses, got {len(value)}")
     out: list[dict[str, Any]] = []
@@ -268,8 +295,16 @@ def json_schema() -> dict[str, dict[str, Any]]:
         for d in DEFENSES
     ]
     return {
-        FIELD: {"type": "array", "maxItems": MAX_DEFENSES, "items": {"oneOf": variants}, "default": [],
-                "description": "preprocessing defenses applied in this order in front of the model"},
-        PARAMS_FIELD: {"type": "object", "additionalProperties": False,
-                       "properties": {p.name: _schema(p) for p in DEFENSE_PARAMS}},
+        FIELD: {
+            "type": "array",
+            "maxItems": MAX_DEFENSES,
+            "items": {"oneOf": variants},
+            "default": [],
+            "description": "preprocessing defenses applied in this order in front of the model",
+        },
+        PARAMS_FIELD: {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {p.name: _schema(p) for p in DEFENSE_PARAMS},
+        },
     }

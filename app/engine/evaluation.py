@@ -235,7 +235,8 @@ def evaluate(
 
         attack = build_attack()
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
-        _preflight(attack, defense.model if defense else model, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
+        attacked = defense.model if defense else model  # the batch must fit the defended model's draws
+        _preflight(attack, attacked, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
         resumed = False
         if checkpoint:
@@ -358,7 +359,9 @@ def evaluate(
     return output
 
 
-def _undefended(request, build_attack, attack, model, source, epsilons, bounds, hooks, dev, shape, rows_dir, checkpoint, tag, owns):
+def _undefended(
+    request, build_attack, attack, model, source, epsilons, bounds, hooks, dev, shape, rows_dir, checkpoint, tag, owns
+):
     """The undefended sweep (``defenses.run``) with the defended one's batch size, checkpointed beside it."""
     first, second = defense_run.progress_in_halves(hooks.progress)
     hooks.progress = second

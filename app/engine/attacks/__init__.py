@@ -18,7 +18,9 @@ from .fmn import FMN
 from .noise import Noise
 from .pgd import PGD
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "apgd": APGD, "fmn": FMN, "auto": Auto, "noise": Noise, "fgm-minimal": FGMMinimal}
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM, "pgd": PGD, "apgd": APGD, "fmn": FMN, "auto": Auto, "noise": Noise, "fgm-minimal": FGMMinimal,
+}  # fmt: skip
 
 __all__ = [
     "APGD",

@@ -67,7 +67,13 @@ class FGMMinimal(Attack):
         return steepest_direction(grad, self.norm).detach()
 
     def prepare(
-        self, model: nn.Module, source: Source, epsilons: list[float], bounds: Bounds, state: SweepState, hooks: Hooks,
+        self,
+        model: nn.Module,
+        source: Source,
+        epsilons: list[float],
+        bounds: Bounds,
+        state: SweepState,
+        hooks: Hooks,
         device: torch.device,
     ) -> None:
         """The grid search, once for every sample left standing by the clean pass."""

@@ -93,8 +93,11 @@ def output(p: Plan, fractions: list[float], undefended: SweepState, sec_value, s
         "defense-params": {
             "adaptive": p.adaptive,
             "random": is_random(p.defenses),
-            **({"eot-draws": p.options.get("eot-draws", 8), "prediction-draws": p.options.get("prediction-draws", 16)}
-               if is_random(p.defenses) else {}),
+            **(
+                {"eot-draws": p.options.get("eot-draws", 8), "prediction-draws": p.options.get("prediction-draws", 16)}
+                if is_random(p.defenses)
+                else {}
+            ),
         },
         "undefended": {
             "sec-curve": {"x-values": fractions, "y-values": accuracy},

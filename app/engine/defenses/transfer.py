@@ -31,7 +31,11 @@ class Transfer(Attack):
     def perturb(self, ctx: Context, x, y, eps, init):
         self.inner.batch_size = self.batch_size
         return self.inner.perturb(
-            Context(self.surrogate, ctx.bounds, ctx.generator, ctx.autocast, ctx.extra, ctx.should_stop, ctx.trace), x, y, eps, init
+            Context(self.surrogate, ctx.bounds, ctx.generator, ctx.autocast, ctx.extra, ctx.should_stop, ctx.trace),
+            x,
+            y,
+            eps,
+            init,
         )
 
     def prepare(self, model, source, epsilons, bounds, state, hooks, device) -> None:
