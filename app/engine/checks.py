@@ -215,7 +215,7 @@ def run(
         counts.update(
             _attack_counts(model, source, state, pos, x, y, epsilons, bounds, attack, device, n_classes, notes, seed, should_stop)
         )
-        checks.update({c["name"]: c for c in reliability.from_traces(traces)})
+        checks.update({c["name"]: c for c in reliability.from_traces(traces, bool(notes.get("random-defense")))})
     for name, (count, samples, threshold, *scale) in counts.items():
         checks[name] = verdict(name, count, samples, threshold, ctx, **dict(zip(("standing", "evaluated"), scale)))
     cost = {

@@ -253,8 +253,11 @@ def evaluate(
         )
         undefended = undefended_checkpoint = None
         if defense:  # the undefended curve first, then the defended model with the attack that faces it
-            undefended, undefended_checkpoint = _undefended(request, build_attack, attack, model, source, epsilons, (lb, ub),
-                                                            hooks, dev, data.shape, rows_dir, checkpoint, attempt_tag, owns)
+            factory = (lambda d, r: Checkpoint(d, r, attempt_tag, owns or _always)) if checkpoint else None
+            undefended, undefended_checkpoint = defense_run.undefended_sweep(
+                request, build_attack, attack.batch_size, model, source, epsilons, (lb, ub), hooks, dev, data.shape,
+                rows_dir, factory,
+            )  # fmt: skip
             attack, model = defense_run.facing(defense, attack, model), defense.model
         try:
             state = attack.sweep(model, source, epsilons, (lb, ub), state=state, hooks=hooks, device=dev)
@@ -357,25 +360,6 @@ def evaluate(
                 undefended_checkpoint.dir.rmdir()
         output["artifacts"] = {"per-sample": SAMPLES}
     return output
-
-
-def _undefended(
-    request, build_attack, attack, model, source, epsilons, bounds, hooks, dev, shape, rows_dir, checkpoint, tag, owns
-):
-    """The undefended sweep (``defenses.run``) with the defended one's batch size, checkpointed beside it."""
-    first, second = defense_run.progress_in_halves(hooks.progress)
-    hooks.progress = second
-
-    def same_attack() -> attacks.Attack:
-        made = build_attack()
-        made.batch_size = attack.batch_size
-        return made
-
-    factory = (lambda d, r: Checkpoint(d, r, tag, owns or _always)) if checkpoint else None
-    return defense_run.undefended_sweep(
-        request, same_attack, model, source, epsilons, bounds, Hooks(first, should_stop=hooks.should_stop), dev, shape,
-        rows_dir, factory,
-    )
 
 
 def write_samples(work_dir: Path, arrays: dict[str, np.ndarray]) -> None:

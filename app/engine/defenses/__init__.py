@@ -7,8 +7,11 @@ means one of two things, chosen by whether autograd is recording (the attacks' g
 prediction that counts: the clean pass, the fp32 verification, the checks):
 
 - attack (gradients on): expectation over transformation (Athalye et al. 2018): the mean over ``eot-draws``
-  fresh draws of the log-probabilities, so the cross-entropy every gradient attack ascends is exactly the
-  EOT loss, and every built-in attack gets EOT for free;
+  fresh draws of the log-probabilities, so the cross-entropy every gradient attack ascends is the EOT loss,
+  its gradient the EOT gradient, and every built-in attack gets EOT for free. Where that mean ranks first
+  another class than the prediction (the vote below), the predicted class's score is lifted (a constant, no
+  gradient) just above the top: an attack judges success by the class ranked first, so it never stops at a
+  point the prediction does not call adversarial, nor overlooks one it does. This costs one vote per step;
 - prediction (no gradients): the majority vote over ``prediction-draws`` noise patterns drawn once from the
   request's seed and shared by every sample, so a sample's prediction is a deterministic function of its
   input (resume, shards, the fp32 re-check and the checks all agree). The scores returned are the log of each
@@ -81,8 +84,12 @@ class Defended(nn.Module):
             torch.randn(rep.shape, generator=self._eot_generator, device=x.device, dtype=torch.float32) if s.random else None
             for s in self.stages
         ]
-        scores = torch.log_softmax(self.model(self.transform(rep, noises)).float(), 1)
-        return scores.view(draws, n, -1).mean(0)
+        scores = torch.log_softmax(self.model(self.transform(rep, noises)).float(), 1).view(draws, n, -1).mean(0)
+        with torch.no_grad():  # the class ranked first must be the prediction's (the vote), never the draws' estimate of it
+            voted = self.vote(x.detach()).argmax(1)
+            gap = (scores.amax(1) - scores.gather(1, voted[:, None]).squeeze(1)).clamp_min(0)
+            lift = torch.where(gap > 0, gap + 1e-3, gap)
+        return scores + nn.functional.one_hot(voted, scores.shape[1]).to(scores.dtype) * lift[:, None]
 
     def patterns(self, index: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Stage ``index``'s ``prediction_draws`` noise patterns for samples of ``shape`` (seeded, made once)."""

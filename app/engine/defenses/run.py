@@ -11,6 +11,7 @@ the defended one (:class:`.transfer.Transfer`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ def facing(p: Plan, attack: Attack, undefended: nn.Module) -> Attack:
 
 def undefended_sweep(
     request: dict[str, Any],
-    build_attack,
+    build_attack: Callable[[], Attack],
+    batch_size: int,
     model: nn.Module,
     source,
     epsilons: list[float],
@@ -62,23 +64,27 @@ def undefended_sweep(
     device,
     shape: tuple[int, ...],
     rows_dir: Path,
-    checkpoint_factory=None,
+    checkpoint_factory: Callable[[Path, dict[str, Any]], Any] | None = None,
 ) -> tuple[SweepState, Any]:
-    """The undefended curve: the same attack (a fresh instance from ``build_attack``) on the bare model.
-    ``checkpoint_factory(dir, request)`` makes its checkpoint (None: no work directory); returns the state
-    and the checkpoint (for ``finish`` at the end of the job)."""
+    """The undefended curve: the same attack (a fresh one from ``build_attack``, at the defended sweep's
+    ``batch_size``) on the bare model. ``checkpoint_factory(dir, request)`` makes its checkpoint in
+    ``<rows_dir>/undefended`` (None: no work directory). Takes the first half of ``hooks.progress`` and
+    leaves it the second. Returns the state and the checkpoint (to ``finish`` at the end of the job)."""
     attack = build_attack()
+    attack.batch_size = batch_size
+    first, hooks.progress = progress_in_halves(hooks.progress)
+    mine = Hooks(first, should_stop=hooks.should_stop)
     checkpoint = None
     if checkpoint_factory is not None:
         checkpoint = checkpoint_factory(rows_dir / UNDEFENDED_DIR, {**request, "curve": "undefended"})
         state, _ = checkpoint.load_or_create(len(source), shape, len(epsilons))
-        hooks = Hooks(hooks.progress, lambda k, st: checkpoint.save(st), hooks.should_stop)
+        mine.after_epsilon = lambda k, st: checkpoint.save(st)
     else:
         (rows_dir / UNDEFENDED_DIR).mkdir(parents=True, exist_ok=True)
         delta = RowFile.create(rows_dir / UNDEFENDED_DIR / "delta.local.npy", len(source), shape)
         state = SweepState.empty(len(source), shape, len(epsilons), delta=delta)
     try:
-        state = attack.sweep(model, source, epsilons, bounds, state=state, hooks=hooks, device=device)
+        state = attack.sweep(model, source, epsilons, bounds, state=state, hooks=mine, device=device)
     finally:
         state.close()
     return state, checkpoint
