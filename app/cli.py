@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--indexes", type=_ints, help="comma-separated sample indexes")
     ev.add_argument("--preprocessing", type=json.loads, help="JSON, e.g. '{\"mean\": [0.5], \"std\": [0.5]}' or '{}'")
     ev.add_argument("--input-bounds", type=_floats, help="lower,upper")
+    ev.add_argument("--defenses", type=json.loads, help='JSON list, e.g. \'[{"name": "jpeg-compression", "quality": 75}]\'')
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--seed", type=int)
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -72,6 +73,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "indexes",
         "preprocessing",
         "input-bounds",
+        "defenses",
         "batch-size",
         "seed",
     ):

@@ -20,6 +20,7 @@ prediction is the majority vote over ``prediction-draws`` draws fixed by the req
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,9 +201,12 @@ def _param(field: str, spec: Param, value: Any, odd: bool = False) -> Any:
             raise _fail(field, f"must be odd (a window has a centre pixel), got {value}")
         return value
     # number: exclusive minimum, inclusive maximum; ints are accepted and stored as floats
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e300 < float(value) < 1e300:
+    try:
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer beyond a double's range
+        v = math.nan
+    if not math.isfinite(v):
         raise _fail(field, f"expected a finite number, got {_show(value)}")
-    v = float(value)
     if not spec.minimum < v <= spec.maximum:
         raise _fail(field, f"must be in ({spec.minimum:g}, {spec.maximum:g}], got {v}")
     return v

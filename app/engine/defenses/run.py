@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ...defense_catalog import is_random
@@ -92,8 +93,6 @@ def undefended_sweep(
 
 def output(p: Plan, fractions: list[float], undefended: SweepState, sec_value, sec_level) -> dict[str, Any]:
     """The output's fields for a defended evaluation (``sec-curve`` itself is the defended model's)."""
-    accuracy = undefended.accuracy(len(fractions))
-    value = sec_value(fractions, accuracy)
     return {
         "defenses": describe(p.defenses, p.options),
         "defense-params": {
@@ -105,12 +104,20 @@ def output(p: Plan, fractions: list[float], undefended: SweepState, sec_value, s
                 else {}
             ),
         },
-        "undefended": {
-            "sec-curve": {"x-values": fractions, "y-values": accuracy},
-            "clean-accuracy": accuracy[0],
-            "sec-value": value,
-            "sec-level": sec_level(value),
-        },
+        "undefended": undefended_block(fractions, undefended.broken_at, sec_value, sec_level),
+    }
+
+
+def undefended_block(fractions: list[float], broken_at, sec_value, sec_level) -> dict[str, Any]:
+    """The output's ``undefended``: the bare model's curve from its per-sample outcomes (also the merge's,
+    from every shard's ``undefended_broken_at``)."""
+    accuracy = SweepState(broken_at, np.empty(0), np.empty(0)).accuracy(len(fractions))
+    value = sec_value(fractions, accuracy)
+    return {
+        "sec-curve": {"x-values": fractions, "y-values": accuracy},
+        "clean-accuracy": accuracy[0],
+        "sec-value": value,
+        "sec-level": sec_level(value),
     }
 
 
