@@ -155,7 +155,8 @@ def test_majority_prediction_is_deterministic_for_a_seed_whatever_the_batch(clas
 # -- through the engine -----------------------------------------------------------------
 def test_adaptive_attack_reports_lower_defended_accuracy_than_the_transferred_one(assets):
     """The issue's required test: bit-depth (3 bits) in front of the CNN, PGD (10 steps) at 0.2 of the range.
-    Measured on these 40 samples with seeds 0, 1, 2: adaptive <fill>, transferred <fill>."""
+    Measured on these 40 samples at 0.2, seeds 0, 1, 2: adaptive 0.125, 0.15, 0.125; transferred 0.5 each
+    (undefended 0.025-0.05): a gap of 0.35 at least, asserted as 0.2."""
     params = {"steps": 10, "step-size": 0.25}
     eps = [0.0, 0.1, 0.2]
     out = {}
