@@ -12,8 +12,8 @@ lists them for ``GET /api/attacks``; :func:`json_schema` gives the OpenAPI docum
 No torch here: the HTTP layer reads this module.
 
 How an attack crosses each stage (``crossing``): ``bpda-identity`` (forward: the real transform; backward:
-the identity, Athalye et al. 2018), ``bpda-smooth`` (backward: a smooth approximation's gradient),
-``exact`` (the stage is differentiable). Random stages (``random``) are attacked with expectation over
+the identity, Athalye et al. 2018), ``exact`` (the stage is differentiable, almost everywhere for the median),
+``eot`` (random: expectation over transformation). Random stages (``random``) are attacked with expectation over
 transformation (EOT): each gradient averages the log-probabilities over ``eot-draws`` draws; a
 prediction is the majority vote over ``prediction-draws`` draws fixed by the request's seed.
 """
@@ -88,11 +88,11 @@ DEFENSES: tuple[Defense, ...] = (
         "(edges reflected); removes isolated (salt-and-pepper) perturbations.",
         _SQUEEZING,
         (Param("window", "integer", 3, "side of the square median window, in pixels (odd)", 3, 11),),
-        differentiable=False,
+        differentiable=True,
         random=False,
-        crossing="bpda-smooth",
-        crossing_description=f"forward: the real median; backward: the gradient of the mean over the same window "
-        f"(a smooth approximation with the same low-pass effect). {_BPDA}.",
+        crossing="exact",
+        crossing_description="the median is piecewise linear: the attack follows its own gradient (to the selected "
+        "pixel of each window), which measured stronger than BPDA's identity or a mean filter's gradient.",
         odd=("window",),
     ),
     Defense(

@@ -13,6 +13,7 @@ work-horse a newer attempt replaced) never overwrites the newer one's files.
 Before the attack starts, ``bounds`` checks the job's disk and memory. After the sweep, the
 output gains its ``figures`` (``app.figures``, from the per-sample arrays also written to
 ``samples.npz``) and the reliability ``checks`` (``.checks``, on a bounded subset of samples).
+With ``defenses`` the job sweeps the undefended model first, then the defended one (``.defenses.run``).
 """
 
 from __future__ import annotations

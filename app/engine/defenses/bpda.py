@@ -1,9 +1,9 @@
 """Backward Pass Differentiable Approximation (BPDA; Athalye, Carlini, Wagner, "Obfuscated Gradients Give a
 False Sense of Security", ICML 2018), and the shapes every stage shares.
 
-A non-differentiable stage runs its real transform forward and hands the attack the gradient of a
-stand-in backward: the identity (``straight_through``) or a smooth approximation (``smooth_through``).
-Written as ``approx + (real - approx).detach()``: the value is exactly ``real``, the gradient is ``approx``'s.
+A non-differentiable stage (JPEG, bit-depth rounding) runs its real transform forward and hands the attack
+the identity's gradient backward (``straight_through``), written ``x + (real - x).detach()``: the value is
+exactly ``real``, the gradient passes unchanged.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ from ...exceptions import EvaluationError
 def straight_through(x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """``real`` forward, the identity backward."""
     return x + (real - x).detach()
-
-
-def smooth_through(approx: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """``real`` forward, ``approx``'s gradient backward."""
-    return approx + (real - approx).detach()
 
 
 class Stage(nn.Module):
