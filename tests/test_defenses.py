@@ -156,8 +156,8 @@ def test_majority_prediction_is_deterministic_for_a_seed_whatever_the_batch(clas
 # -- through the engine -----------------------------------------------------------------
 def test_adaptive_attack_reports_lower_defended_accuracy_than_the_transferred_one(assets):
     """The issue's required test: bit-depth (3 bits) in front of the CNN, PGD (10 steps) at 0.2 of the range.
-    Measured on these 40 samples at 0.2, seeds 0, 1, 2: adaptive 0.125, 0.15, 0.125; transferred 0.5 each
-    (undefended 0.025-0.05): a gap of 0.35 at least, asserted as 0.2."""
+    The CNN's training is not bit-for-bit repeatable, so measured over 4 trainings and seeds 0-2 (8 runs): accuracy
+    adaptive 0.125-0.175, transferred 0.3-0.5, a gap of 0.175 to 0.375; asserted as 0.1."""
     params = {"steps": 10, "step-size": 0.25}
     eps = [0.0, 0.1, 0.2]
     out = {}
@@ -170,8 +170,9 @@ def test_adaptive_attack_reports_lower_defended_accuracy_than_the_transferred_on
     assert adaptive["defenses"] == [{"name": "bit-depth", "bits": 3, "random": False, "crossing": "bpda-identity"}]
     assert adaptive["defense-params"] == {"adaptive": True, "random": False}
     assert naive["defense-params"]["adaptive"] is False
-    top_adaptive, top_naive = adaptive["sec-curve"]["y-values"][-1], naive["sec-curve"]["y-values"][-1]
-    assert top_adaptive + 0.2 <= top_naive, (top_adaptive, top_naive)
+    ys_adaptive, ys_naive = adaptive["sec-curve"]["y-values"], naive["sec-curve"]["y-values"]
+    assert all(a <= n for a, n in zip(ys_adaptive, ys_naive)), (ys_adaptive, ys_naive)
+    assert ys_adaptive[-1] + 0.1 <= ys_naive[-1], (ys_adaptive, ys_naive)
     assert adaptive["sec-value"] < naive["sec-value"]
     # The checks' own (adaptive) FGSM catches the naive evaluation.
     assert not naive["reliable"]
