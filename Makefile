@@ -3,12 +3,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint browser bench large compat load serve worker clean
+.PHONY: demo test lint browser newman bench large compat load serve worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
+# requirements.txt includes requirements-api.txt (the API image installs only that one)
+$(VENV)/.runtime: requirements.txt requirements-api.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 
@@ -19,7 +20,7 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 demo: $(VENV)/.runtime  ## install, then run the whole service end to end on the demo model
 	$(BIN)/python -m app demo
 
-test: $(VENV)/.dev browser  ## install, lint, then run the whole test suite (the slow load test runs with `make load`)
+test: $(VENV)/.dev browser newman  ## install, lint, then run the whole test suite (the slow load test runs with `make load`)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -40,6 +41,17 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
 	  $$SUDO apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-liberation; \
+	fi
+
+# The Postman collection's test (tests/test_postman.py) runs newman, installed here from the npm registry
+# into .node/ (ignored by git). Without node and npm that test skips, saying so.
+NEWMAN_VERSION := 6.2.2
+NEWMAN         := .node/node_modules/.bin/newman
+newman:
+	@if [ -x $(NEWMAN) ] && [ "$$($(NEWMAN) --version 2>/dev/null)" = $(NEWMAN_VERSION) ]; then :; \
+	elif ! command -v npm >/dev/null; then echo "no npm here: the Postman test (tests/test_postman.py) will skip"; \
+	else echo "installing newman $(NEWMAN_VERSION) into .node/"; \
+	  npm install --prefix .node --no-audit --no-fund --loglevel=error newman@$(NEWMAN_VERSION); \
 	fi
 
 lint: $(VENV)/.dev

@@ -1,5 +1,6 @@
 """Command line: ``python -m app evaluate`` runs the engine in-process (no Redis);
-``python -m app demo`` runs the whole service end to end on the demo assets."""
+``python -m app demo`` runs the whole service end to end on the demo assets;
+``python -m app submit|status|wait|results|list|delete`` drive a running server (``app.client.cli``)."""
 
 from __future__ import annotations
 
@@ -32,26 +33,35 @@ PARAM_FLAGS = {
 }
 
 
+def request_flags() -> argparse.ArgumentParser:
+    """The evaluation request's flags, shared by ``evaluate`` (in this process) and ``submit`` (to a server)."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--trained-model", required=True, type=Path, help="ONNX file (submit: or an uploaded model's id)")
+    flags.add_argument("--dataset", required=True, type=Path, help="HDF5 file with samples and labels (submit: or an id)")
+    flags.add_argument("--perturbation-values", type=_floats, help="comma-separated fractions of the input range")
+    flags.add_argument("--perturbation-type", choices=("max-norm", "random"))
+    flags.add_argument("--attack", choices=("pgd", "fgsm", "apgd", "fmn", "auto"))
+    flags.add_argument("--norm", choices=("linf", "l2"))
+    for flag, kind in PARAM_FLAGS.items():
+        flags.add_argument(f"--{flag}", type=kind, help="attack parameter (see README)")
+    flags.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None)
+    flags.add_argument("--evaluation-mode", choices=("complete", "fast"))
+    flags.add_argument("--indexes", type=_ints, help="comma-separated sample indexes")
+    flags.add_argument("--preprocessing", type=json.loads, help="JSON, e.g. '{\"mean\": [0.5], \"std\": [0.5]}' or '{}'")
+    flags.add_argument("--input-bounds", type=_floats, help="lower,upper")
+    flags.add_argument("--defenses", type=json.loads, help='JSON list, e.g. \'[{"name": "jpeg-compression", "quality": 75}]\'')
+    flags.add_argument("--batch-size", type=int)
+    flags.add_argument("--seed", type=int)
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .client.cli import add_remote_commands
+
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("evaluate", help="run one security evaluation in this process")
-    ev.add_argument("--trained-model", required=True, type=Path, help="ONNX file")
-    ev.add_argument("--dataset", required=True, type=Path, help="HDF5 file with samples and labels")
-    ev.add_argument("--perturbation-values", type=_floats, help="comma-separated fractions of the input range")
-    ev.add_argument("--perturbation-type", choices=("max-norm", "random"))
-    ev.add_argument("--attack", choices=("pgd", "fgsm", "apgd", "fmn", "auto"))
-    ev.add_argument("--norm", choices=("linf", "l2"))
-    for flag, kind in PARAM_FLAGS.items():
-        ev.add_argument(f"--{flag}", type=kind, help="attack parameter (see README)")
-    ev.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None)
-    ev.add_argument("--evaluation-mode", choices=("complete", "fast"))
-    ev.add_argument("--indexes", type=_ints, help="comma-separated sample indexes")
-    ev.add_argument("--preprocessing", type=json.loads, help="JSON, e.g. '{\"mean\": [0.5], \"std\": [0.5]}' or '{}'")
-    ev.add_argument("--input-bounds", type=_floats, help="lower,upper")
-    ev.add_argument("--defenses", type=json.loads, help='JSON list, e.g. \'[{"name": "jpeg-compression", "quality": 75}]\'')
-    ev.add_argument("--batch-size", type=int)
-    ev.add_argument("--seed", type=int)
+    request = request_flags()
+    ev = sub.add_parser("evaluate", parents=[request], help="run one security evaluation in this process")
     ev.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     ev.add_argument("--work-dir", type=Path, help="checkpoint here and resume from it")
     ev.add_argument("--output", type=Path, help="write the output JSON here (default: stdout)")
@@ -59,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start Redis, the API and a worker; evaluate the demo model over HTTP")
     demo.add_argument("--appdata", type=Path, default=None)
     demo.add_argument("--output", type=Path, default=Path("demo-output"))
+    add_remote_commands(sub, request)
     return parser
 
 
@@ -151,6 +162,8 @@ def print_curve(output: dict[str, Any], file=sys.stdout, baseline: dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "remote", None):  # submit, status, wait, results, list, delete: app.client.cli
+        return args.remote(args)
     try:
         if args.command == "evaluate":
             return evaluate_command(args)

@@ -91,6 +91,15 @@ class Config:
     # torch threads per job (0: torch's default, every core). Several workers on one host each taking every
     # core wait on each other's threads: measured, one job 11x slower than with one thread each.
     torch_threads: int = 0
+    # Workers on other hosts (app.remote, app.api.internal). api_url: set on a worker = it fetches its inputs
+    # from the API over HTTP and sends its results back there, instead of reading APPDATA shared with the API.
+    # worker_token: the shared secret of /api/internal/* (API and worker; unset on the API = those routes are 404).
+    # worker_cache_mb: the bytes of fetched models and datasets a worker keeps, by sha256, under APPDATA/cache/fetched.
+    api_url: str = ""
+    worker_token: str = ""
+    worker_cache_mb: int = 4096
+    # deployment (issue 10, H1): /metrics answers only with this bearer token when set (empty: open, aggregates only)
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -110,6 +119,12 @@ class Config:
             conversion_cache_mb=_env_int("CONVERSION_CACHE_MB", 1024),
             max_shards=max(1, _env_int("MAX_SHARDS", 4)),
             torch_threads=max(0, _env_int("TORCH_THREADS", 0)),
+            # workers on other hosts
+            api_url=os.environ.get("API_URL", "").strip(),
+            worker_token=os.environ.get("WORKER_TOKEN", "").strip(),
+            worker_cache_mb=max(0, _env_int("WORKER_CACHE_MB", 4096)),
+            # deployment (issue 10, H1)
+            metrics_token=os.environ.get("METRICS_TOKEN", "").strip(),
         )
 
     def updated(self, overrides: Mapping[str, Any] | None) -> Config:

@@ -41,10 +41,12 @@ def start_services(appdata: Path, redis_url: str, port: int) -> list[subprocess.
 
 
 def wait_ready(client: Client, timeout: float = 60) -> dict[str, Any]:
+    # This loop polls by itself: a probe without the client's retries notices a fresh server at once.
+    probe = Client(client.base, api_key=client.api_key, retries=0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            health = client.health()
+            health = probe.health()
             if health.get("workers", 0) >= 1:
                 return health
         except Exception:

@@ -80,3 +80,9 @@ class CanceledError(ServiceError):
     """The job was canceled while it ran."""
 
     status = 409
+
+
+class TransferError(ServiceError):
+    """A worker on another host could not fetch an input from the API, or send its results back."""
+
+    status = 502

@@ -31,6 +31,7 @@ with SIGKILL a second later, and its clients see the connection close).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -63,6 +64,30 @@ accesslog = os.environ.get("ACCESS_LOG") or None
 # $HOME; every instance on the machine would race for it. Off unless CONTROL_SOCKET names a path.
 control_socket = os.environ.get("CONTROL_SOCKET") or "gunicorn.ctl"
 control_socket_disable = not os.environ.get("CONTROL_SOCKET")
+
+
+def refuse_open_publication() -> None:
+    """docker-compose.yml passes ``PUBLISHED_HOST``, the host address the API's port is published on
+    (its ``API_HOST``, 127.0.0.1 by default). Published beyond loopback with no API keys, anyone who
+    reaches the host could use the service: refuse to start, saying why."""
+    host = (os.environ.get("PUBLISHED_HOST") or "").strip().strip("[]")
+    if not host or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass  # a host name: not loopback
+    from app.config import Config
+
+    if not Config.from_env().api_keys:
+        raise SystemExit(
+            f"refusing to start: the API is published on {host} (API_HOST) with no API keys; "
+            "set API_KEYS (or API_KEYS_FILE), or publish on 127.0.0.1"
+        )
+
+
+refuse_open_publication()
 
 
 def json_error_response(status: int, reason: str, message: str, details: Any = None, extra: str = "") -> bytes:

@@ -15,6 +15,7 @@ Test knob (environment): ``LEASE_TTL`` (seconds, default 10).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,13 +28,13 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from . import shards
+from . import metrics, remote, shards
 from .config import Config
 from .exceptions import ServiceError
 from .extensions import connect
 from .records import Claim, Records
 from .redact import scrub, scrub_details
-from .storage import Storage, file_scope, sha256_file
+from .storage import Storage, sha256_file
 from .validation import SCAN_TTL, file_version
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         torch.set_num_threads(settings.torch_threads)
     records = Records(connect(settings), settings.key_prefix)
     storage = Storage(settings.appdata)
+    began = time.monotonic()
     claim = records.claim(job_id)
     if claim is None:
         return None  # deleted, already done, or held by another worker (a duplicate delivery)
@@ -171,22 +173,27 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
     rec = records.evaluation(job_id)
     lease = Lease(records, job_id, claim)
     lease.start()
+    held = contextlib.ExitStack()  # the fetched inputs this job reads (a worker on another host): in use until it ends
+    ended = False  # finished, failed or deleted: a worker on another host drops its copy of the job's folder
 
     def fail(message: str, details: Any = None) -> None:
+        nonlocal ended
         details = scrub_details(details, storage.root) if details is not None else ""
         message = scrub(message, storage.root)
-        if records.set_status(job_id, "failed", token=claim.token, error=message, details=details) and rec:
-            shards.fail_parent(records, rec, message, details)
+        if records.set_status(job_id, "failed", token=claim.token, error=message, details=details):
+            ended = True  # only when this attempt still owned it: a newer one may use the same folder
+            if rec:
+                shards.fail_parent(records, rec, message, details)
 
     stale = False
+    output: dict[str, Any] | None = None
     try:
         if rec is None:
             return None
         shards.mark_started(records, rec)
         resolved = rec["resolved"]
-        scope = file_scope(rec["owner"], bool(settings.api_keys))
-        model_path = storage.job_input(resolved["model"], scope, settings.file_references, what="model")
-        dataset_path = storage.job_input(resolved["dataset"], scope, settings.file_references, what="dataset")
+        model_path = remote.job_input(settings, storage, resolved["model"], rec["owner"], held, "model")
+        dataset_path = remote.job_input(settings, storage, resolved["dataset"], rec["owner"], held, "dataset")
         verification = model_verification(records, resolved["model"], model_path, dataset_path, rec["request"])
         output = evaluate(
             rec["request"],
@@ -209,13 +216,17 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         }
         output["job_id"] = job_id
         output["attempt"] = claim.attempt
+        if remote.is_remote(settings):  # the API serves them: they must be there before the status says finished
+            remote.Remote(settings).send_artifacts(job_id, storage.job_dir(job_id), claim.token)
         # Result and status in one fenced transaction: a stale attempt writes neither.
         if not records.set_status(job_id, "finished", token=claim.token, result=output):
             stale = lease.taken_over()
             return None
+        ended = True
         return {"job_id": job_id, "sec-value": output["sec-value"]}
     except StopRequested:
         stale = lease.taken_over()
+        ended = not stale
         log.info("evaluation %s %s while running", job_id, "was taken over by a newer attempt" if stale else "was canceled")
         return None
     except ServiceError as exc:
@@ -240,7 +251,11 @@ def run_evaluation(job_id: str) -> dict[str, Any] | None:
         return None
     finally:
         lease.stop()
+        held.close()
+        if ended and remote.is_remote(settings):
+            storage.remove_job_dir(job_id)  # the API holds the artifacts; checkpoints of an ended job are void
         if not stale:
+            metrics.job_ended(records, job_id, time.monotonic() - began, output)  # /metrics: outcome, duration, throughput
             try:
                 _prune_dangling_executions(records.redis, job_id)
             except redis.RedisError:

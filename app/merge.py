@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from . import reliability, samples, shards
+from . import reliability, remote, samples, shards
 from .config import Config
 from .extensions import connect
 from .records import TERMINAL, Records, now
@@ -43,12 +43,22 @@ def merge_shards(parent_id: str) -> dict[str, Any] | None:
     if any(child["job-status"] != "finished" for child in children):
         log.info("merge of %s: a shard is still running; it runs again once that shard finished", parent_id)
         return None
+    api = remote.Remote(settings) if remote.is_remote(settings) else None
     try:
+        if api is not None:  # a worker on another host: the shards' files are on the API, the merged ones go there
+            for child_id in ids:
+                api.fetch_artifacts(child_id, storage.job_dir(child_id))
         output = merged_output(parent, children, [records.result(i) for i in ids], storage)
+        if api is not None:
+            api.send_artifacts(parent_id, storage.job_dir(parent_id), None)
     except Exception as exc:  # a finished shard without its output or its file: the parent cannot be merged
         log.exception("merge of %s failed", parent_id)
         records.set_status(parent_id, "failed", expect=parent["job-status"], error=f"the merge of the shards failed: {exc}")
         return None
+    finally:
+        if api is not None:
+            for job_id in [*ids, parent_id]:
+                storage.remove_job_dir(job_id)
     while (current := records.evaluation(parent_id)) is not None and current["job-status"] not in TERMINAL:
         if records.set_status(parent_id, "finished", expect=current["job-status"], result=output):
             return {"job_id": parent_id, "sec-value": output["sec-value"]}

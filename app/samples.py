@@ -60,11 +60,11 @@ def write(
     if not owns():
         shutil.rmtree(tmp, ignore_errors=True)
         return False
-    _replace(tmp, work_dir / INSPECTION)
+    replace_folder(tmp, work_dir / INSPECTION)
     return True
 
 
-def _replace(new: Path, dest: Path) -> None:
+def replace_folder(new: Path, dest: Path) -> None:
     """Put folder ``new`` at ``dest``, dropping what was there (a previous attempt's, or merge's)."""
     if dest.exists():
         old = dest.with_name(f"{new.name}.old")
@@ -126,5 +126,5 @@ def merge(parent_dir: Path, child_dirs: list[Path]) -> dict[str, Any] | None:
             samples.append(sample)
     merged = {**parts[0][1], "samples": sorted(samples, key=lambda s: s["sample"])}
     (tmp / INDEX).write_text(json.dumps(merged, allow_nan=False))
-    _replace(tmp, parent_dir / INSPECTION)
+    replace_folder(tmp, parent_dir / INSPECTION)
     return merged

@@ -43,28 +43,87 @@ MAX_INSPECT_SAMPLES = 32
 ATTACK_PARAMETERS: dict[str, dict[str, Any]] = {a.name: a.defaults() for a in catalog.ATTACKS}
 APGD_LOSSES = catalog.APGD_LOSSES
 
-REQUEST_FIELDS = (
-    "trained-model",
-    "dataset",
-    "perturbation-values",
-    "perturbation-type",
-    "attack",
-    "norm",
-    "attack-params",
-    "evaluation-mode",
-    "indexes",
-    "preprocessing",
-    "input-bounds",
-    "performance-metric",
-    "task",
-    "batch-size",
-    "seed",
-    "input-layout",
-    "output-index",
-    "shards",
-    "shard-size",
-    "inspect-samples",
+
+def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**schema, "description": description} if description else schema
+
+
+def _integer_field(lo: int, hi: int, default: int, description: str = "") -> dict[str, Any]:
+    return _described({"type": "integer", "minimum": lo, "maximum": hi, "default": default}, description)
+
+
+def _enum_field(choices: tuple[str, ...], default: str, description: str = "") -> dict[str, Any]:
+    return _described({"type": "string", "enum": list(choices), "default": default}, description)
+
+
+REFERENCE = _described(
+    {"type": "string", "minLength": 1, "maxLength": MAX_REFERENCE_CHARS}, "an uploaded id, or a file name in the files/ folder"
 )
+SAMPLE_INDEX = {"type": "integer", "minimum": 0, "maximum": MAX_SAMPLE_INDEX}
+CHANNEL_VALUES = {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": MAX_CHANNELS}
+# The request's fields, each as its JSON Schema: the one table the validator below reads its ranges,
+# choices and defaults from, and that the OpenAPI document publishes (``request_schema``), so the two
+# cannot disagree. The messages stay the validator's own; ``request_schema`` writes in the two limits that are
+# settings (MAX_PERTURBATION_VALUES, MAX_SHARDS).
+FIELDS: dict[str, dict[str, Any]] = {
+    "trained-model": REFERENCE,
+    "dataset": REFERENCE,
+    "perturbation-values": {
+        "type": "array",
+        "items": {"type": "number", "minimum": 0, "maximum": 1},
+        "minItems": 1,
+        "maxItems": 50,
+        "default": DEFAULT_PERTURBATION_VALUES,
+        "description": "epsilons as fractions of the input range; 0 is always added",
+    },
+    "perturbation-type": _enum_field(("max-norm", "random"), "max-norm", "random: noise of the same norm, no attack"),
+    "attack": _enum_field(ATTACKS, "pgd", "GET /api/attacks describes each one"),
+    "norm": _enum_field(NORMS, "linf"),
+    "attack-params": {
+        "type": "object",
+        "maxProperties": max(len(p) for p in ATTACK_PARAMETERS.values()),
+        "description": "the attack's parameters (GET /api/attacks: names, types, ranges, defaults)",
+    },
+    "evaluation-mode": _enum_field(("complete", "fast"), "complete", f"fast: the first {FAST_MODE_SAMPLES} samples"),
+    "indexes": _described({"type": "array", "items": SAMPLE_INDEX, "minItems": 1, "maxItems": MAX_INDEXES}, "default: all"),
+    "preprocessing": {
+        "type": "object",
+        "properties": {"mean": CHANNEL_VALUES, "std": CHANNEL_VALUES},
+        "additionalProperties": False,
+        "description": "mean/std applied inside the model; {} for none; absent: ImageNet's",
+    },
+    "input-bounds": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "default": [0.0, 1.0]},
+    "performance-metric": _enum_field(("classification-accuracy",), "classification-accuracy"),
+    "task": _enum_field(("classification",), "classification"),
+    "batch-size": _integer_field(1, MAX_BATCH_SIZE, 128),
+    "seed": _integer_field(0, 2**31 - 1, 0),
+    "input-layout": _enum_field(LAYOUTS, "auto", "auto: the model's declared input decides"),
+    "output-index": _integer_field(0, MAX_OUTPUT_INDEX, 0, "the model output holding the class scores"),
+    "shards": {
+        "oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "integer", "minimum": 1, "maximum": 4}],
+        "default": "auto",
+        "description": "jobs the evaluation is split into; evaluation-mode fast takes 1 or auto",
+    },
+    "shard-size": _integer_field(MIN_SHARD_SIZE, MAX_SHARD_SIZE, SHARD_SIZE, "samples per block a shard holds whole"),
+    "inspect-samples": _integer_field(1, MAX_INSPECT_SAMPLES, DEFAULT_INSPECT_SAMPLES, "samples re-attacked, traced and drawn"),
+}
+REQUEST_FIELDS = tuple(FIELDS)
+
+
+def request_schema(
+    names: tuple[str, ...], *, max_values: int, max_shards: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON Schema of a request body made of the ``names`` fields (and ``extra`` ones), with the
+    service's own limits: what the OpenAPI document publishes for ``evaluation_request``'s input."""
+    properties = {name: FIELDS[name] for name in names if name in FIELDS}
+    if "perturbation-values" in properties:
+        properties["perturbation-values"] = {**properties["perturbation-values"], "maxItems": max_values}
+    if "shards" in properties:
+        integer = {"type": "integer", "minimum": 1, "maximum": max(1, max_shards)}
+        properties["shards"] = {**properties["shards"], "oneOf": [properties["shards"]["oneOf"][0], integer]}
+    properties.update(extra or {})
+    required = [n for n in ("trained-model", "dataset", *(extra or {})) if n in properties]
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
 
 
 def _fail(field: str, message: str) -> ValidationError:
@@ -107,13 +166,22 @@ def _integer(field: str, value: Any, lo: int, hi: int) -> int:
 
 def sample_index(field: str, value: Any) -> int:
     """A position in a dataset (``indexes``, an adversarial example's ``index``)."""
-    return _integer(field, value, 0, MAX_SAMPLE_INDEX)
+    return _integer(field, value, SAMPLE_INDEX["minimum"], SAMPLE_INDEX["maximum"])
 
 
 def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise _fail(field, f"must be one of {list(choices)}, got {_show(value)}")
     return value
+
+
+def _field(body: dict[str, Any], name: str) -> Any:
+    """An integer or a choice field checked against its row of ``FIELDS`` (its default when absent)."""
+    spec = FIELDS[name]
+    value = body.get(name, spec["default"])
+    if spec["type"] == "integer":
+        return _integer(name, value, spec["minimum"], spec["maximum"])
+    return _choice(name, value, tuple(spec["enum"]))
 
 
 def _string(field: str, value: Any) -> str:
@@ -199,7 +267,7 @@ def sharding(body: dict[str, Any], mode: str, max_shards: int) -> tuple[int | st
         shards = _integer("shards", shards, 1, max(1, max_shards))
         if shards > 1 and mode == "fast":
             raise _fail("shards", f"evaluation-mode 'fast' runs at most {FAST_MODE_SAMPLES} samples in one job; use 1 or 'auto'")
-    return shards, _integer("shard-size", body.get("shard-size", SHARD_SIZE), MIN_SHARD_SIZE, MAX_SHARD_SIZE)
+    return shards, _field(body, "shard-size")
 
 
 def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) -> dict[str, Any]:
@@ -216,16 +284,16 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
         "dataset": _string("dataset", body.get("dataset")),
     }
     req["perturbation-values"] = perturbation_values(body.get("perturbation-values", DEFAULT_PERTURBATION_VALUES), max_values)
-    req["perturbation-type"] = _choice("perturbation-type", body.get("perturbation-type", "max-norm"), ("max-norm", "random"))
-    attack = _choice("attack", body.get("attack", "pgd"), ATTACKS)
+    req["perturbation-type"] = _field(body, "perturbation-type")
+    attack = _field(body, "attack")
     if req["perturbation-type"] == "random":
         if "attack" in body:
             raise _fail("attack", "perturbation-type 'random' adds noise and takes no attack")
         attack = "noise"
     req["attack"] = attack
-    req["norm"] = _choice("norm", body.get("norm", "linf"), NORMS)
+    req["norm"] = _field(body, "norm")
     req["attack-params"] = attack_parameters(attack, body.get("attack-params"))
-    req["evaluation-mode"] = _choice("evaluation-mode", body.get("evaluation-mode", "complete"), ("complete", "fast"))
+    req["evaluation-mode"] = _field(body, "evaluation-mode")
     indexes = body.get("indexes")
     if indexes is not None:
         idx = sorted({sample_index("indexes", i) for i in _list("indexes", indexes, MAX_INDEXES, "sample indexes")})
@@ -233,24 +301,17 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
     else:
         req["indexes"] = None
     req["preprocessing"] = preprocessing(body.get("preprocessing"), "preprocessing" not in body)
-    bounds = body.get("input-bounds", [0.0, 1.0])
+    bounds = body.get("input-bounds", FIELDS["input-bounds"]["default"])
     if not isinstance(bounds, list) or len(bounds) != 2:
         raise _fail("input-bounds", "expected [lower, upper]")
     lb, ub = (_number("input-bounds", b) for b in bounds)
     if not lb < ub:
         raise _fail("input-bounds", f"lower bound must be below upper bound, got [{lb}, {ub}]")
     req["input-bounds"] = [lb, ub]
-    req["performance-metric"] = _choice(
-        "performance-metric", body.get("performance-metric", "classification-accuracy"), ("classification-accuracy",)
-    )
-    req["task"] = _choice("task", body.get("task", "classification"), ("classification",))
-    req["batch-size"] = _integer("batch-size", body.get("batch-size", 128), 1, MAX_BATCH_SIZE)
-    req["seed"] = _integer("seed", body.get("seed", 0), 0, 2**31 - 1)
-    req["input-layout"] = _choice("input-layout", body.get("input-layout", "auto"), LAYOUTS)
-    req["output-index"] = _integer("output-index", body.get("output-index", 0), 0, MAX_OUTPUT_INDEX)
+    for name in ("performance-metric", "task", "batch-size", "seed", "input-layout", "output-index"):
+        req[name] = _field(body, name)
     req["shards"], req["shard-size"] = sharding(body, req["evaluation-mode"], max_shards)
-    inspect = body.get("inspect-samples", DEFAULT_INSPECT_SAMPLES)
-    req["inspect-samples"] = _integer("inspect-samples", inspect, 1, MAX_INSPECT_SAMPLES)
+    req["inspect-samples"] = _field(body, "inspect-samples")
     return req
 
 

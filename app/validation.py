@@ -15,6 +15,7 @@ arguments, the evaluations' queue, at its front). Torch-free: the API imports th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from rq.timeouts import JobTimeoutException
 
 from . import inspection
 from . import queue as jobqueue
-from .config import Config
+from .config import PUBLIC, Config
 from .exceptions import ConflictError, InvalidFileError, ServiceError
 from .records import Records
 from .storage import Storage
@@ -203,33 +204,47 @@ def _outcome(kind: str, path: Path) -> dict[str, Any]:
         return {"status": failed, "reason": f"the file cannot be read: {type(exc).__name__}"}
 
 
-def _context() -> tuple[Records, Storage]:
+def _context() -> tuple[Config, Records, Storage]:
     from .extensions import connect
 
     settings = Config.from_env()
-    return Records(connect(settings), settings.key_prefix), Storage(settings.appdata)
+    return settings, Records(connect(settings), settings.key_prefix), Storage(settings.appdata)
 
 
 def validate_file(kind: str, file_id: str) -> str | None:
-    """RQ job: check an uploaded file and move its record on from ``validating``/``verifying``."""
-    records, storage = _context()
+    """RQ job: check an uploaded file and move its record on from ``validating``/``verifying``.
+    A worker on another host checks its own copy, fetched from the API by sha256 (``app.remote``)."""
+    from . import remote
+
+    settings, records, storage = _context()
     meta = records.file(kind, file_id)
     if meta is None or meta.get("status") != PENDING[kind]:
         return None
-    try:
-        outcome = _outcome(kind, storage.resolve_blob(meta["blob"]))
-    except ServiceError as exc:
-        outcome = {"status": FAILED[kind], "reason": exc.message}
+    ref = {"kind": "upload", "id": file_id, "sha256": meta.get("sha256"), "path": meta["blob"]}
+    with contextlib.ExitStack() as held:
+        try:
+            outcome = _outcome(kind, remote.job_input(settings, storage, ref, meta.get("owner", PUBLIC), held, kind))
+        except ServiceError as exc:
+            outcome = {"status": FAILED[kind], "reason": exc.message}
     records.update_file(kind, file_id, outcome)
     return outcome["status"]
 
 
 def validate_path(relative: str) -> str:
     """RQ job: scan a dataset named by path and cache the outcome under its scan key."""
-    records, storage = _context()
-    # Confined again in the worker (never the service's own folders); the submit already
-    # checked the caller's own folder, and the outcome is cached under this resolved path.
-    path = storage.resolve_named_file(relative, None)
-    outcome = _outcome("dataset", path)
-    records.redis.set(scan_key(records, path), json.dumps(outcome), ex=SCAN_TTL)
+    from . import remote
+
+    settings, records, storage = _context()
+    with contextlib.ExitStack() as held:
+        if remote.is_remote(settings):
+            # The API confines the path as below and names the version its own scan key is made of.
+            path, version = remote.Remote(settings).named(relative, None, held, "dataset")
+            key = records.key("scan", version)
+        else:
+            # Confined again in the worker (never the service's own folders); the submit already
+            # checked the caller's own folder, and the outcome is cached under this resolved path.
+            path = storage.resolve_named_file(relative, None)
+            key = scan_key(records, path)
+        outcome = _outcome("dataset", path)
+    records.redis.set(key, json.dumps(outcome), ex=SCAN_TTL)
     return outcome["status"]

@@ -131,7 +131,8 @@ def start_api(redis_url, appdata, port, **extra) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = Client(f"http://127.0.0.1:{port}", api_key=extra.get("TEST_KEY"))
+    # No retries: this loop polls by itself, and a 503 (Redis down) already means "started".
+    client = Client(f"http://127.0.0.1:{port}", api_key=extra.get("TEST_KEY"), retries=0)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -222,3 +223,15 @@ def upload_model(client, path: Path | None = None, *, name: str | None = None, d
     r = client.post("/api/models", data=data, content_type="multipart/form-data", headers=headers or {})
     assert r.status_code == 202 and r.get_json()["status"] == "verifying", r.get_json()
     return verified(client, r.get_json()["id"], headers, expect)
+
+
+@pytest.fixture(scope="session")
+def live_api(redis_server, appdata, worker) -> str:
+    """The API under real gunicorn on the session's Redis, data directory and worker; its base URL
+    (the remote CLI's and newman's tests drive it as a user would)."""
+    from app.redis_server import free_port
+
+    port = free_port()
+    proc = start_api(redis_server.url, appdata, port)
+    yield f"http://127.0.0.1:{port}"
+    stop_process(proc)

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import evaluations, examples, files, health, openapi, results, samples
+    from . import evaluations, examples, files, health, internal, metrics, openapi, results, samples
 
     app.before_request(body_limits.limit_body)
     app.before_request(auth.authenticate)
@@ -27,6 +27,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(results.bp)
+    app.register_blueprint(internal.bp)  # workers on other hosts
+    app.register_blueprint(metrics.bp)  # /metrics, at the root
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):

@@ -8,24 +8,17 @@ from typing import Any
 from .. import attack_catalog
 from ..records import STATUSES
 from .evaluations import MAX_BULK_DELETE
+from .openapi_schemas import document_response, errors, json_response
 from .results import MAX_COMPARED
-
-ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": "error", "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
 def _json(description: str, ref: str) -> dict[str, Any]:
-    schema = {"$ref": f"#/components/schemas/{ref}"}
-    return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
+    return json_response(description, ref)
 
 
 def _body(description: str, *mimes: str) -> dict[str, Any]:
-    """A 200 whose body is a document (CSV, image, HTML), not JSON."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    return {"200": {"description": description, "content": dict.fromkeys(mimes, binary)}}
+    """A 200 whose body is a document (CSV, image, HTML), not JSON, sent inline."""
+    return document_response(description, *mimes, headers=("Content-Disposition",))
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -35,8 +28,8 @@ BASELINE = {
     "description": "the id of a finished random-noise evaluation (perturbation-type random) of the same model and dataset",
     "schema": {"type": "string"},
 }
-PLOT_ERRORS = _errors(400, 401, 404, 409, 503)
-NUMBER_OR_NULL = {"type": "number", "nullable": True}
+PLOT_ERRORS = errors(400, 401, 404, 409, 503)
+
 
 SCHEMAS: dict[str, Any] = {
     "AttackParameter": {
@@ -106,7 +99,7 @@ CSV_DESCRIPTION = (
 PATHS: dict[str, Any] = {
     "/api/security_evaluations/{job_id}/output/csv": {
         "parameters": [JOB_ID],
-        "get": {"responses": {**_body(CSV_DESCRIPTION, "text/csv"), **_errors(401, 404, 409)}},
+        "get": {"responses": {**_body(CSV_DESCRIPTION, "text/csv"), **errors(401, 404, 409, 503)}},
     },
     "/api/security_evaluations/{job_id}/plot.png": {
         "parameters": [JOB_ID],
@@ -126,7 +119,7 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 **_body("a self-contained HTML page (no scripts, images inline)", "text/html"),
-                **_errors(400, 401, 404, 409),
+                **errors(400, 401, 404, 409, 503),
             },
         },
     },
@@ -140,10 +133,10 @@ PATHS: dict[str, Any] = {
             "responses": {**_body("the evaluations' curves on one plot", "image/png", "image/svg+xml"), **PLOT_ERRORS},
         }
     },
-    "/api/attacks": {"get": {"responses": {**_json("every attack and its parameters", "AttackList"), **_errors(401)}}},
+    "/api/attacks": {"get": {"responses": {**_json("every attack and its parameters", "AttackList"), **errors(401)}}},
     "/api/attacks/{perturbation_type}": {
         "parameters": [{"name": "perturbation_type", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "get": {"responses": {**_json("the attacks of one perturbation type", "AttackList"), **_errors(401, 404)}},
+        "get": {"responses": {**_json("the attacks of one perturbation type", "AttackList"), **errors(401, 404)}},
     },
 }
 
@@ -156,7 +149,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                 {"name": "status", "in": "query", "required": True, "schema": {"type": "string"},
                  "description": f"one or more of {', '.join(STATUSES)}, comma separated"},
             ],
-            "responses": {**_json("what was deleted", "BulkDelete"), **_errors(400, 401)},
+            "responses": {**_json("what was deleted", "BulkDelete"), **errors(400, 401, 503)},
         }
     }
 }

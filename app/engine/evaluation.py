@@ -267,6 +267,7 @@ def evaluate(
                 f"out of memory on {dev.type} even with a batch of one sample; use a smaller model or input size"
             ) from None
         t_attack = time.perf_counter()
+        sample_steps = attack.sample_steps  # the sweep's alone (the inspection below re-runs a few samples)
         count = request.get("inspect-samples", samples.DEFAULT_SAMPLES)
         inspection, inspection_error = inspect_samples.inspect_safely(
             attack,
@@ -340,6 +341,7 @@ def evaluate(
             "convert-seconds": round(t_convert - t0, 3),
             **({"conversion-cache": cache_state} if cache_state else {}),
             "attack-seconds": round(t_attack - t_load, 3),
+            "attack-sample-steps": sample_steps,
             "inspection-seconds": round(t_inspect - t_attack, 3),
             "checks-seconds": probe["seconds"],
             "total-seconds": round(time.perf_counter() - t0, 3),

@@ -237,7 +237,17 @@ def outputs_probabilities(scores: torch.Tensor) -> bool:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (called in the work-horse, never in the RQ parent)."""
+    """CUDA when present (called in the work-horse, never in the RQ parent). With several GPUs
+    visible, the one with the most free memory now: Docker gives every replica of a scaled
+    service the same devices (docker-compose.gpu.yml hands each worker all of them), so the
+    jobs of ``--scale worker=N`` spread over the GPUs by themselves."""
     if requested:
         return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if torch.cuda.device_count() == 1:
+        return torch.device("cuda")
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+    best = free.index(max(free))
+    torch.cuda.set_device(best)  # the work-horse's default too (its cache, its streams): one job per process
+    return torch.device("cuda", best)

@@ -66,3 +66,10 @@ def evaluation(job_id: str):
 @bp.get("/compare")
 def compare():
     return _page("compare", "Compare")
+
+
+@bp.get("/api/docs")
+def api_docs():
+    """Swagger UI over ``/api/openapi.json`` (vendored in ``static/swagger-ui``); like every page it holds
+    no data, so it needs no API key (Swagger UI's Authorize button sends one with the requests it tries)."""
+    return render_template("docs.html")

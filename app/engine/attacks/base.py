@@ -155,9 +155,11 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
     should_stop: Callable[[], bool] = _no_stop
     trace: Any = None  # a ``trace.Trace`` recording each step's point (per-sample inspection); None in the sweep
+    steps: int = 0  # steps taken on this batch (``check`` calls), for the worker's sample-steps throughput
 
     def check(self) -> None:
         """Called every step of every attack: a canceled job stops within one step."""
+        self.steps += 1
         if self.should_stop():
             raise StopRequested
 
@@ -190,6 +192,7 @@ class Attack:
         self.seed = seed
         self.batch_size = batch_size
         self.autocast = autocast
+        self.sample_steps = 0  # steps x samples the sweep's batches took (``/metrics``' attack throughput)
 
     def params(self) -> dict[str, Any]:
         """The attack's own parameters, for ``__repr__`` and the output's ``attack`` block."""
@@ -357,6 +360,7 @@ class Attack:
         if state.anchor is not None:
             ctx.extra["anchor"] = torch.from_numpy(state.anchor[pos]).to(device)
         delta, claimed = self.perturb(ctx, x, y, eps, init)
+        self.sample_steps += ctx.steps * len(x)
         delta = clip_to_bounds(x, project(delta.float(), eps, self.norm), bounds)
         ok = verify(model, x, y, delta, eps, bounds, self.norm)
         retry = claimed & ~ok
@@ -365,6 +369,7 @@ class Attack:
             sub = retry.nonzero().squeeze(1)
             fp32 = Context(model, bounds, ctx.generator, False, {name: v[sub] for name, v in ctx.extra.items()}, stop)
             d2, _ = self.perturb(fp32, x[sub], y[sub], eps, delta[sub])
+            self.sample_steps += fp32.steps * len(sub)
             d2 = clip_to_bounds(x[sub], project(d2.float(), eps, self.norm), bounds)
             delta[sub] = d2
             ok[sub] = verify(model, x[sub], y[sub], d2, eps, bounds, self.norm)
