@@ -20,12 +20,13 @@ prediction is the majority vote over ``prediction-draws`` draws fixed by the req
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from .attack_catalog import JSON_TYPES, Param
-from .exceptions import ValidationError
+from .fields import fail as _fail
+from .fields import parameter
+from .fields import show as _show
 
 FIELD = "defenses"
 PARAMS_FIELD = "defense-params"
@@ -177,41 +178,6 @@ DEFENSE_PARAMS: tuple[Param, ...] = (
 )
 
 
-def _fail(field: str, message: str) -> ValidationError:
-    return ValidationError(f"{field}: {message}", details={"field": field})
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _param(field: str, spec: Param, value: Any, odd: bool = False) -> Any:
-    """One parameter checked against its row (the same rules and words as ``attack-params``)."""
-    if spec.kind == "boolean":
-        if not isinstance(value, bool):
-            raise _fail(field, f"expected true or false, got {_show(value)}")
-        return value
-    if spec.kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(field, f"expected an integer, got {_show(value)}")
-        if not spec.minimum <= value <= spec.maximum:
-            raise _fail(field, f"must be between {spec.minimum:g} and {spec.maximum:g}, got {_show(value)}")
-        if odd and value % 2 == 0:
-            raise _fail(field, f"must be odd (a window has a centre pixel), got {value}")
-        return value
-    # number: exclusive minimum, inclusive maximum; ints are accepted and stored as floats
-    try:
-        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-    except OverflowError:  # an integer beyond a double's range
-        v = math.nan
-    if not math.isfinite(v):
-        raise _fail(field, f"expected a finite number, got {_show(value)}")
-    if not spec.minimum < v <= spec.maximum:
-        raise _fail(field, f"must be in ({spec.minimum:g}, {spec.maximum:g}], got {v}")
-    return v
-
-
 def validate_defenses(value: Any) -> list[dict[str, Any]]:
     """The request's ``defenses`` normalised: an ordered list (at most ``MAX_DEFENSES``) of
     ``{"name": ..., <every parameter>}`` with defaults filled in. ``None`` (field absent) is ``[]``.
@@ -240,7 +206,7 @@ def validate_defenses(value: Any) -> list[dict[str, Any]]:
         normal: dict[str, Any] = {"name": name, **defense.defaults()}
         for key, raw in entry.items():
             if key != "name":
-                normal[key] = _param(f"{where}.{key}", spec[key], raw, key in defense.odd)
+                normal[key] = parameter(f"{where}.{key}", spec[key], raw, odd=key in defense.odd)
         out.append(normal)
     return out
 
@@ -257,7 +223,7 @@ def validate_defense_params(value: Any) -> dict[str, Any]:
         raise _fail(PARAMS_FIELD, f"{_show(unknown)} not accepted; accepted: {sorted(spec)}")
     out = {p.name: p.default for p in DEFENSE_PARAMS}
     for key, raw in value.items():
-        out[key] = _param(f"{PARAMS_FIELD}.{key}", spec[key], raw)
+        out[key] = parameter(f"{PARAMS_FIELD}.{key}", spec[key], raw)
     return out
 
 

@@ -24,11 +24,12 @@ SAMPLES = list(range(40))  # of the 120 validation digits: the engine tests' bud
 
 
 def request(defenses, params=None, **fields):
-    """A normalised request as the lead's schema wiring will make it (evaluation_request + the two defense fields)."""
+    """A normalised request, as the API's validation makes it."""
     body = {"trained-model": "m", "dataset": "d", "preprocessing": {}, "indexes": SAMPLES, "inspect-samples": 1, **fields}
-    req = schemas.evaluation_request(body)
-    req["defenses"], req["defense-params"] = validate_defenses(defenses), validate_defense_params(params)
-    return req
+    body["defenses"] = defenses
+    if params is not None:
+        body["defense-params"] = params
+    return schemas.evaluation_request(body)
 
 
 @pytest.fixture(scope="module")
