@@ -158,6 +158,18 @@ ATTACKS: tuple[Attack, ...] = (
         ),
     ),
     Attack(
+        "fgm-minimal",
+        "Minimal FGM (Dioptra)",
+        "max-norm",
+        "Per sample, the smallest epsilon on a grid at which one gradient step from the clean input (FGSM's sign for "
+        "L-inf, the normalised gradient for L2) succeeds; the grid is grid-steps evenly spaced epsilons up to the "
+        "largest requested, plus the requested ones. The per-sample minimal epsilons feed the breaking-perturbation "
+        "figure (minimal-norm); the curve counts a sample broken from its minimal epsilon on.",
+        {"title": "Explaining and Harnessing Adversarial Examples (minimal variant as in NIST Dioptra / ART)",
+         "authors": "Goodfellow, Shlens, Szegedy", "venue": "ICLR 2015", "url": "https://arxiv.org/abs/1412.6572"},
+        (Param("grid-steps", "integer", 20, "evenly spaced epsilons tried up to the largest requested one", 1, 1000),),
+    ),
+    Attack(
         "noise",
         "Random noise (baseline)",
         "random",

@@ -30,6 +30,7 @@ PARAM_FLAGS = {
     "gamma": float,
     "fmn-steps": int,
     "apgd-steps": int,
+    "grid-steps": int,
 }
 
 
@@ -40,15 +41,19 @@ def request_flags() -> argparse.ArgumentParser:
     flags.add_argument("--dataset", required=True, type=Path, help="HDF5 file with samples and labels (submit: or an id)")
     flags.add_argument("--perturbation-values", type=_floats, help="comma-separated fractions of the input range")
     flags.add_argument("--perturbation-type", choices=("max-norm", "random"))
-    flags.add_argument("--attack", choices=("pgd", "fgsm", "apgd", "fmn", "auto"))
+    # not a fixed list: the validation names what is accepted, plugins included (GET /api/attacks)
+    flags.add_argument("--attack", help="pgd, fgsm, apgd, fmn, auto, fgm-minimal, or an attack plugin's name")
     flags.add_argument("--norm", choices=("linf", "l2"))
     for flag, kind in PARAM_FLAGS.items():
         flags.add_argument(f"--{flag}", type=kind, help="attack parameter (see README)")
     flags.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None)
+    flags.add_argument("--attack-params", type=json.loads, help="JSON object of attack parameters (the flags above win)")
     flags.add_argument("--evaluation-mode", choices=("complete", "fast"))
     flags.add_argument("--indexes", type=_ints, help="comma-separated sample indexes")
     flags.add_argument("--preprocessing", type=json.loads, help="JSON, e.g. '{\"mean\": [0.5], \"std\": [0.5]}' or '{}'")
     flags.add_argument("--input-bounds", type=_floats, help="lower,upper")
+    flags.add_argument("--defenses", type=json.loads, help='JSON list, e.g. \'[{"name": "jpeg-compression", "quality": 75}]\'')
+    flags.add_argument("--defense-params", type=json.loads, help='JSON object, e.g. \'{"adaptive": false}\'')
     flags.add_argument("--batch-size", type=int)
     flags.add_argument("--seed", type=int)
     return flags
@@ -83,6 +88,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         "indexes",
         "preprocessing",
         "input-bounds",
+        "defenses",
+        "defense-params",
         "batch-size",
         "seed",
     ):
@@ -92,6 +99,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     params = {f: getattr(args, f.replace("-", "_")) for f in PARAM_FLAGS}
     params["random-start"] = args.random_start
     params = {k: v for k, v in params.items() if v is not None}
+    if args.attack_params is not None:  # anything but an object is left for the validation to name
+        params = {**args.attack_params, **params} if isinstance(args.attack_params, dict) else args.attack_params
     if params:
         body["attack-params"] = params
     return body

@@ -22,7 +22,7 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-ARRAYS = ("index", "label", "broken_at", "norm", "min_norm", "true_conf")
+ARRAYS = ("index", "label", "broken_at", "norm", "min_norm", "true_conf", "undefended_broken_at")
 
 
 def merge_shards(parent_id: str) -> dict[str, Any] | None:
@@ -75,6 +75,7 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
     import numpy as np
 
     from .engine.attacks.base import SweepState
+    from .engine.defenses.run import undefended_block
     from .engine.evaluation import SAMPLES, sec_level, sec_value, write_samples
     from .figures import figures
 
@@ -135,11 +136,14 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
             "inspection": samples.summary(inspected or {"samples": []}, errors[0] if errors else None),
         }
     )
+    if "undefended_broken_at" in arrays:  # a defended evaluation: the bare model's curve over every shard's samples
+        output["undefended"] = undefended_block(fractions, arrays["undefended_broken_at"], sec_value, sec_level)
     attack = results[0]["attack"]
     lb, ub = attack["input-bounds"]
     output["figures"] = figures(arrays, fractions, attack["epsilons-absolute"], attack["norm"], ub - lb)
     if all("checks" in r for r in results):
-        ctx = reliability.context(attack["norm"], results[0]["model-notes"])
+        random = [d["name"] for d in results[0].get("defenses", []) if d.get("random")]
+        ctx = reliability.context(attack["norm"], {**results[0]["model-notes"], "random-defense": random})
         output["checks"] = reliability.combine([r["checks"] for r in results], accuracy, ctx)
         output["reliable"] = reliability.reliable(output["checks"])
     return output

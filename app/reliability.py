@@ -105,6 +105,15 @@ def _msg_logits(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str
 
 
 def _msg_deterministic(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str]:
+    random = ctx.get("random-defense")
+    if random:  # declared: attacked with EOT, predicted by a seeded majority vote that must repeat exactly
+        names = ", ".join(random)
+        return (
+            f"The model is randomized beyond its declared defense ({names}): repeated majority-vote predictions on the "
+            f"same input disagree for {c} of {n} samples, which can make attacks look weaker than they are.",
+            f"The declared random defense ({names}) is attacked with expectation over transformation and predicted by a "
+            f"seeded majority vote over its draws; repeated predictions agree for all {n} samples checked.",
+        )
     return (
         f"Repeated forward passes on the same input disagree for {c} of {n} samples: the model is randomized, "
         "which can make attacks look weaker than they are.",
@@ -210,27 +219,36 @@ def curve(accuracy: list[float]) -> dict[str, Any]:
     }
 
 
-def still_rising(loss: list[float]) -> bool:
-    """Was this loss still going up at the end? (Needs 4 steps or more; see ``RISING``.)"""
+def still_rising(loss: list[float], noisy: bool = False) -> bool:
+    """Was this loss still going up at the end? (Needs 4 steps or more; see ``RISING``.)
+
+    ``noisy``: the loss is an average over random draws that change at every step (a declared random
+    defense, attacked with EOT), so it jitters while it has levelled off: the windows are a quarter of
+    the path each, and the rise must also exceed twice its standard error (the steps' own scatter)."""
     values = [float(v) for v in loss if v == v and abs(v) != float("inf")]
     if len(values) < 4:
         return False
-    w = max(1, len(values) // 10)
+    w = max(1, len(values) // (4 if noisy else 10))
     last, before = values[-w:], values[-2 * w : -w]
     spread = max(values) - min(values)
-    return sum(last) / w - sum(before) / w > RISING * spread and spread > 0
+    rise = sum(last) / w - sum(before) / w
+    if noisy and w > 1:
+        var = sum((v - sum(part) / w) ** 2 for part in (last, before) for v in part) / (2 * w - 2)
+        if rise <= 2 * (2 * var / w) ** 0.5:
+            return False
+    return rise > RISING * spread and spread > 0
 
 
-def from_traces(traces: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def from_traces(traces: list[dict[str, Any]] | None, noisy: bool = False) -> list[dict[str, Any]]:
     """``loss-converged`` and ``path-adversarial-kept`` from the attack's per-step traces (the ``trace``
     dicts of the per-sample inspection: ``loss``, ``distance``, ``adversarial-on-path``,
-    ``returned-adversarial``). None: not measured."""
+    ``returned-adversarial``). None: not measured. ``noisy``: see :func:`still_rising`."""
     if traces is None:
         why = "Not measured: this evaluation recorded no per-step traces of the attack."
         return [unmeasured("loss-converged", why), unmeasured("path-adversarial-kept", why)]
     traces = [t for t in traces if t]
     failed = [t for t in traces if not t.get("returned-adversarial")]
-    rising = sum(still_rising(list(t.get("loss") or [])) for t in failed)
+    rising = sum(still_rising(list(t.get("loss") or []), noisy) for t in failed)
     lost = sum(bool(t.get("adversarial-on-path")) and not t.get("returned-adversarial") for t in traces)
     return [
         verdict("loss-converged", rising, len(failed), THRESHOLDS["loss-converged"]),
@@ -267,6 +285,7 @@ def context(norm: str, notes: dict[str, Any]) -> dict[str, Any]:
         "probabilities-to-log": bool(notes.get("probabilities-to-log")),
         "probe": "as large as the whole input range" if norm == "linf" else "as large as the input box's diagonal (L2)",
         "gradient-free": "the gradient-free Square attack" if norm == "linf" else "a gradient-free random search",
+        "random-defense": list(notes.get("random-defense") or []),
     }
 
 

@@ -169,6 +169,11 @@ def summary(output: dict[str, Any], names: dict[str, str], checks: list[dict[str
         steps = [f"{percent(r['accuracy'])} at epsilon {r['epsilon']:g}" for r in table[1:]]
         if steps:
             out.append(f"Under {'noise' if random else 'attack'}, accuracy is " + ", ".join(steps) + ".")
+    bare = results.undefended(output)
+    if bare is not None:
+        out.append(f"These numbers are the defended model's: {results.defense_label(output)}.")
+        steps = [f"{percent(r['accuracy'])} at epsilon {r['epsilon']:g}" for r in results.rows(bare)]
+        out.append("Without the defenses, on the same samples and attack, accuracy is " + ", ".join(steps) + ".")
     value, level = output.get("sec-value"), output.get("sec-level")
     if isinstance(value, (int, float)):
         out.append(f"The security value (the normalized area under the curve) is {value:.3f}: a {level} level of security.")

@@ -77,6 +77,9 @@ def csv_text(output: dict[str, Any]) -> str:
     full = has_figures(output)
     labels = classes(output)
     header = ["epsilon", "epsilon-absolute", "n", "accuracy"]
+    bare = undefended(output)
+    if bare is not None:  # a defended evaluation: the bare model's accuracy on the same samples, beside it
+        header.append("undefended-accuracy")
     if full:
         header += ["accuracy-ci95-low", "accuracy-ci95-high", "attack-success-rate", "attack-success-rate-ci95-low",
                    "attack-success-rate-ci95-high", "mean-true-confidence"]
@@ -84,8 +87,11 @@ def csv_text(output: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
-    for row in table:
+    bare_ys = list((bare or {}).get("sec-curve", {}).get("y-values") or [])
+    for k, row in enumerate(table):
         cells = [row["epsilon"], row["epsilon-absolute"], row["n"], row["accuracy"]]
+        if bare is not None:
+            cells.append(bare_ys[k] if k < len(bare_ys) else None)
         if full:
             cells += [*row["accuracy-ci95"], row["attack-success-rate"], *row["attack-success-rate-ci95"]]
             cells.append(row["mean-true-confidence"])
@@ -107,6 +113,30 @@ def attack_label(output: dict[str, Any]) -> str:
     name = attack.get("name", "?")
     title = "random noise" if output.get("perturbation-type") == "random" or name == "noise" else str(name).upper()
     return f"{title} ({NORM_LABELS.get(attack.get('norm'), attack.get('norm', '?'))})"
+
+
+def undefended(output: dict[str, Any]) -> dict[str, Any] | None:
+    """The undefended model's curve of a defended evaluation, shaped as an output (same samples, same
+    attack), so that ``rows``, ``series`` and the CSV read it like any other; ``None`` without defenses."""
+    bare = output.get("undefended")
+    if not isinstance(bare, dict) or not isinstance(bare.get("sec-curve"), dict):
+        return None
+    return {**{k: output[k] for k in ("n-samples", "attack", "perturbation-type") if k in output}, **bare}
+
+
+def defense_label(output: dict[str, Any]) -> str:
+    """``jpeg-compression (quality 75) then bit-depth (bits 3), attacked adaptively``; empty without defenses."""
+    stages = [d for d in output.get("defenses") or [] if isinstance(d, dict)]
+    if not stages:
+        return ""
+    skip = {"name", "random", "crossing"}
+    parts = []
+    for d in stages:
+        params = ", ".join(f"{k} {v}" for k, v in d.items() if k not in skip)
+        parts.append(f"{short(d.get('name'))} ({params})" if params else short(d.get("name")))
+    adaptive = (output.get("defense-params") or {}).get("adaptive", True)
+    how = "attacked adaptively" if adaptive else "attack transferred from the undefended model (not adaptive)"
+    return f"{' then '.join(parts)}, {how}"
 
 
 def x_label(norms: set[str]) -> str:

@@ -7,11 +7,17 @@ says exactly what ran. Field names follow PandaVision.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from . import attack_catalog as catalog
+from . import defense_catalog
 from .exceptions import ValidationError
+from .fields import choice as _choice
+from .fields import fail as _fail
+from .fields import integer as _integer
+from .fields import number as _number
+from .fields import parameter
+from .fields import show as _show
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -106,6 +112,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     },
     "shard-size": _integer_field(MIN_SHARD_SIZE, MAX_SHARD_SIZE, SHARD_SIZE, "samples per block a shard holds whole"),
     "inspect-samples": _integer_field(1, MAX_INSPECT_SAMPLES, DEFAULT_INSPECT_SAMPLES, "samples re-attacked, traced and drawn"),
+    **defense_catalog.json_schema(),  # "defenses" and "defense-params"
 }
 REQUEST_FIELDS = tuple(FIELDS)
 
@@ -126,16 +133,6 @@ def request_schema(
     return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
 
 
-def _fail(field: str, message: str) -> ValidationError:
-    return ValidationError(f"{field}: {message}", details={"field": field})
-
-
-def _show(value: Any) -> str:
-    """A value quoted in an error message, cut short: a message never echoes a whole body back."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _list(field: str, raw: Any, limit: int, what: str) -> list[Any]:
     if not isinstance(raw, list) or not raw:
         raise _fail(field, f"expected a non-empty list of {what}")
@@ -144,35 +141,9 @@ def _list(field: str, raw: Any, limit: int, what: str) -> list[Any]:
     return raw
 
 
-def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(field, f"expected a finite number, got {_show(value)}")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond a double's range
-        raise _fail(field, f"expected a finite number, got an integer of {len(str(abs(value)))} digits") from None
-    if not math.isfinite(number):
-        raise _fail(field, f"expected a finite number, got {_show(value)}")
-    return number
-
-
-def _integer(field: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(field, f"expected an integer, got {_show(value)}")
-    if not lo <= value <= hi:
-        raise _fail(field, f"must be between {lo} and {hi}, got {_show(value)}")
-    return value
-
-
 def sample_index(field: str, value: Any) -> int:
     """A position in a dataset (``indexes``, an adversarial example's ``index``)."""
     return _integer(field, value, SAMPLE_INDEX["minimum"], SAMPLE_INDEX["maximum"])
-
-
-def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _fail(field, f"must be one of {list(choices)}, got {_show(value)}")
-    return value
 
 
 def _field(body: dict[str, Any], name: str) -> Any:
@@ -220,22 +191,6 @@ def attack_parameters(attack: str, raw: Any) -> dict[str, Any]:
     for key, value in raw.items():
         params[key] = parameter(f"{field}.{key}", spec[key], value)
     return params
-
-
-def parameter(name: str, spec: catalog.Param, value: Any) -> Any:
-    """One attack parameter checked against its row of the catalog (type, range or choices)."""
-    if spec.kind == "integer":
-        return _integer(name, value, int(spec.minimum), int(spec.maximum))
-    if spec.kind == "number":
-        v = _number(name, value)
-        if not spec.minimum < v <= spec.maximum:
-            raise _fail(name, f"must be in ({spec.minimum:g}, {spec.maximum:g}], got {v}")
-        return v
-    if spec.kind == "boolean":
-        if not isinstance(value, bool):
-            raise _fail(name, "expected true or false")
-        return value
-    return _choice(name, value, spec.choices)
 
 
 def preprocessing(raw: Any, missing: bool) -> dict[str, list[float]]:
@@ -312,6 +267,12 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
         req[name] = _field(body, name)
     req["shards"], req["shard-size"] = sharding(body, req["evaluation-mode"], max_shards)
     req["inspect-samples"] = _field(body, "inspect-samples")
+    defenses = defense_catalog.validate_defenses(body.get("defenses"))
+    if defenses:  # only then: an undefended request, and its checkpoints' fingerprint, stay as they were
+        req["defenses"] = defenses
+        req["defense-params"] = defense_catalog.validate_defense_params(body.get("defense-params"))
+    elif "defense-params" in body:
+        raise _fail("defense-params", "only with a non-empty defenses list")
     return req
 
 

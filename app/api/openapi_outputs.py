@@ -143,6 +143,20 @@ SCHEMAS: dict[str, Any] = {
                 },
             ),
             "timing": {"type": "object", "description": "seconds per stage (sharded: summed, and per shard as lists)"},
+            "defenses": array(
+                obj(("name", "random", "crossing"), {"name": STRING, "random": BOOLEAN, "crossing": STRING}),
+                description="the request's defenses as run (parameters filled in), and how the attack crossed each",
+            ),
+            "defense-params": obj(
+                ("adaptive", "random"),
+                {"adaptive": BOOLEAN, "random": BOOLEAN, "eot-draws": INTEGER, "prediction-draws": INTEGER},
+                "adaptive: attacked through the defenses (false: transferred from the undefended model)",
+            ),
+            "undefended": obj(
+                ("sec-curve", "clean-accuracy", "sec-value", "sec-level"),
+                {"sec-curve": CURVE, "clean-accuracy": FRACTION, "sec-value": NUMBER, "sec-level": STRING},
+                "the same attack on the same samples without the defenses (only with defenses)",
+            ),
             "artifacts": {"type": "object"},
             "model": FILE_REF,
             "dataset": FILE_REF,

@@ -71,6 +71,15 @@ SCHEMAS: dict[str, Any] = {
             "attacks": {"type": "array", "items": {"$ref": "#/components/schemas/Attack"}},
             "perturbation-types": {"type": "array", "items": {"type": "string"}},
             "perturbation-type": {"type": "string"},
+            "defenses": {
+                "type": "object",
+                "description": "the preprocessing defenses a request may name in defenses, and defense-params",
+                "properties": {
+                    "max-defenses": {"type": "integer"},
+                    "defenses": {"type": "array", "items": {"type": "object"}},
+                    "defense-params": {"type": "array", "items": {"$ref": "#/components/schemas/AttackParameter"}},
+                },
+            },
         },
     },
     "BulkDelete": {

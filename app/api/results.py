@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import attack_catalog, auth, plots, report, results
+from .. import attack_catalog, auth, defense_catalog, plots, report, results
 from ..exceptions import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
 from ..extensions import get_records, get_storage
 from .evaluations import UUID_RE, owned_evaluation
@@ -77,13 +77,19 @@ def baseline_of(job_id: str, output: dict[str, Any]) -> tuple[dict[str, Any], di
 def job_spec(job_id: str, rec: dict[str, Any], output: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """What one evaluation's plot shows (title, axis, its curve and the baseline's), and the baseline's record."""
     label = names(rec, output)
-    series = [results.series(output, f"{results.attack_label(output)} accuracy")]
+    bare = results.undefended(output)
+    defended = ", defended" if bare is not None else ""
+    series = [results.series(output, f"{results.attack_label(output)} accuracy{defended}")]
+    if bare is not None:
+        series.append(results.series(bare, f"{results.attack_label(output)} accuracy, undefended model"))
     norms = {(output.get("attack") or {}).get("norm", "?")}
     base = baseline_of(job_id, output)
     if base is not None:
         series.append(results.series(base[1], f"{results.attack_label(base[1])} baseline", role="baseline"))
         norms.add((base[1].get("attack") or {}).get("norm", "?"))
     title = f"{label['model']} on {label['dataset']}: {results.attack_label(output)}, {output.get('n-samples', '?')} samples"
+    if bare is not None:
+        title += f"\nwith {results.defense_label(output)}"
     return {"title": title, "xlabel": results.x_label(norms), "series": series}, (base[0] if base else None)
 
 
@@ -171,7 +177,13 @@ def compare():
 
 @bp.get("/attacks")
 def attacks():
-    return jsonify({"attacks": attack_catalog.describe(), "perturbation-types": list(attack_catalog.PERTURBATION_TYPES)})
+    return jsonify(
+        {
+            "attacks": attack_catalog.describe(),
+            "perturbation-types": list(attack_catalog.PERTURBATION_TYPES),
+            "defenses": defense_catalog.describe(),
+        }
+    )
 
 
 @bp.get("/attacks/<perturbation_type>")

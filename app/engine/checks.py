@@ -81,10 +81,12 @@ def model_probes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
         grad = torch.zeros_like(x)
     flat = grad.flatten(1)
     dead = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
-    scores = scores.detach()
-    probs = torch.softmax(scores, 1)
+    probs = torch.softmax(scores.detach(), 1)
     runner_up = probs.topk(2, dim=1).values[:, 1]
     with torch.no_grad():
+        # The reference is a prediction forward too: on a declared random defense (``app.engine.defenses``) the
+        # attack's forward (gradients on) averages fresh draws while a prediction is a seeded, repeatable vote.
+        scores = model(x).float()
         tol = ATOL + RTOL * scores.abs().amax(1)
         moved = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(REPEATS):
@@ -213,7 +215,7 @@ def run(
         counts.update(
             _attack_counts(model, source, state, pos, x, y, epsilons, bounds, attack, device, n_classes, notes, seed, should_stop)
         )
-        checks.update({c["name"]: c for c in reliability.from_traces(traces)})
+        checks.update({c["name"]: c for c in reliability.from_traces(traces, bool(notes.get("random-defense")))})
     for name, (count, samples, threshold, *scale) in counts.items():
         checks[name] = verdict(name, count, samples, threshold, ctx, **dict(zip(("standing", "evaluated"), scale)))
     cost = {

@@ -13,6 +13,7 @@ work-horse a newer attempt replaced) never overwrites the newer one's files.
 Before the attack starts, ``bounds`` checks the job's disk and memory. After the sweep, the
 output gains its ``figures`` (``app.figures``, from the per-sample arrays also written to
 ``samples.npz``) and the reliability ``checks`` (``.checks``, on a bounded subset of samples).
+With ``defenses`` the job sweeps the undefended model first, then the defended one (``.defenses.run``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .attacks.base import Hooks, StopRequested, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
 from .convcache import ConversionCache
 from .data import H5Dataset, select
+from .defenses import run as defense_run
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
 from .rows import RowFile
 
@@ -222,16 +224,20 @@ def evaluate(
         lb, ub = request["input-bounds"]
         fractions = request["perturbation-values"]
         epsilons = [v * (ub - lb) for v in fractions]
-        attack = attacks.build(
-            request["attack"],
-            norm=request["norm"],
-            params=request["attack-params"],
-            seed=request["seed"],
-            batch_size=request["batch-size"],
-        )
-        attack.block, attack.offset = request.get("shard-size", 0), shard["start"] if shard else 0
+        defense = defense_run.plan(request, model, notes["input-layout"], (lb, ub))  # None: no defenses
+
+        def build_attack() -> attacks.Attack:
+            made = attacks.build(
+                request["attack"], norm=request["norm"], params=request["attack-params"], seed=request["seed"],
+                batch_size=request["batch-size"],
+            )  # fmt: skip
+            made.block, made.offset = request.get("shard-size", 0), shard["start"] if shard else 0
+            return made
+
+        attack = build_attack()
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
-        _preflight(attack, model, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
+        attacked = defense.model if defense else model  # the batch must fit the defended model's draws
+        _preflight(attack, attacked, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
         resumed = False
         if checkpoint:
@@ -246,6 +252,14 @@ def evaluate(
             after_epsilon=(lambda k, st: checkpoint.save(st)) if checkpoint else (lambda k, st: None),
             should_stop=should_stop or (lambda: False),
         )
+        undefended = undefended_checkpoint = None
+        if defense:  # the undefended curve first, then the defended model with the attack that faces it
+            factory = (lambda d, r: Checkpoint(d, r, attempt_tag, owns or _always)) if checkpoint else None
+            undefended, undefended_checkpoint = defense_run.undefended_sweep(
+                request, build_attack, attack.batch_size, model, source, epsilons, (lb, ub), hooks, dev, data.shape,
+                rows_dir, factory,
+            )  # fmt: skip
+            attack, model = defense_run.facing(defense, attack, model), defense.model
         try:
             state = attack.sweep(model, source, epsilons, (lb, ub), state=state, hooks=hooks, device=dev)
         except OutOfMemory:
@@ -281,7 +295,7 @@ def evaluate(
             attack,
             device=dev,
             n_classes=data.n_classes,
-            notes=notes,
+            notes={**notes, **({"random-defense": defense_run.random_names(defense)} if defense else {})},
             seed=request["seed"],
             noise=request["attack"] == "noise",
             accuracy=accuracy,
@@ -290,6 +304,8 @@ def evaluate(
         )
     arrays = {"index": indexes, "label": labels, "broken_at": state.broken_at, "norm": state.norms}
     arrays.update({name: v for name, v in (("min_norm", state.min_norm), ("true_conf", state.true_conf)) if v is not None})
+    if undefended is not None:
+        arrays["undefended_broken_at"] = undefended.broken_at
     value = sec_value(fractions, accuracy)
     output: dict[str, Any] = {
         "sec-curve": {"x-values": fractions, "y-values": accuracy},
@@ -332,6 +348,8 @@ def evaluate(
             "torch-threads": torch.get_num_threads(),
         },
     }
+    if defense:
+        output.update(defense_run.output(defense, fractions, undefended, sec_value, sec_level))
     if work_dir:
         if owns is not None and not owns():
             raise StopRequested
@@ -339,6 +357,10 @@ def evaluate(
         if inspection and not samples.write(work_dir, inspection.index, inspection.images, attempt_tag, owns or _always):
             raise StopRequested
         checkpoint.finish()
+        if undefended_checkpoint:
+            undefended_checkpoint.finish()
+            with contextlib.suppress(OSError):
+                undefended_checkpoint.dir.rmdir()
         output["artifacts"] = {"per-sample": SAMPLES}
     return output
 
@@ -358,7 +380,7 @@ def _preflight(
     if n == 0:
         return
     rows_dir.mkdir(parents=True, exist_ok=True)
-    check_disk(rows_dir, n, shape, isinstance(attack, attacks.FMN), limits, n_eps)
+    check_disk(rows_dir, n, shape, attack.prepare_weight > 0, limits, n_eps)
     fixed = n * (PER_SAMPLE_RAM + PER_SAMPLE_EPSILON_RAM * n_eps)  # only the small per-sample arrays stay in RAM
     x1, _ = source.read(np.arange(1))
     act = activation_bytes(model, torch.from_numpy(x1).to(dev))

@@ -12,12 +12,15 @@ from ..bounds import OutOfMemory, is_out_of_memory
 from .apgd import APGD
 from .auto import Auto
 from .base import ArraySource, Attack, Hooks, StopRequested, SweepState
+from .fgm_minimal import FGMMinimal
 from .fgsm import FGSM
 from .fmn import FMN
 from .noise import Noise
 from .pgd import PGD
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "apgd": APGD, "fmn": FMN, "auto": Auto, "noise": Noise}
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM, "pgd": PGD, "apgd": APGD, "fmn": FMN, "auto": Auto, "noise": Noise, "fgm-minimal": FGMMinimal,
+}  # fmt: skip
 
 __all__ = [
     "APGD",
@@ -25,6 +28,7 @@ __all__ = [
     "ArraySource",
     "Attack",
     "Auto",
+    "FGMMinimal",
     "FGSM",
     "FMN",
     "Hooks",
