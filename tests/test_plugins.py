@@ -132,21 +132,34 @@ def test_example_plugin_through_the_api(settings, plugin_worker, redis_server):
     assert r.status_code == 400 and "only while a live worker offers it" in r.get_json()["error"], r.get_json()
 
 
-def test_plugin_job_whose_workers_vanished_waits_visibly(client, settings, assets, redis_server):
-    """A worker offered the plugin when the job was accepted, then went away: the job stays queued
-    (in the plugin's queue, where no other worker takes it) and its status says why."""
+def test_plugin_jobs_are_routed_to_its_queue_and_wait_visibly_when_its_workers_vanish(app, client, assets, redis_server):
+    """A worker offered the plugin when the jobs were accepted, then went away: its jobs (a plain one,
+    and a sharded one's shards) sit in the plugin's queue, where no other worker takes them, even
+    after recovery re-queues one; the merge stays on the main queue; the status says why it waits."""
     import redis
 
+    from app import recovery
     from app.attack_catalog import Attack, Param
 
     r = redis.Redis.from_url(redis_server.url)
     entry = Attack("ghost-attack", "ghost", "max-norm", "", None, (Param("steps", "integer", 3, "", 1, 9),))
     plugin_catalog.publish(r, "secev", "ghost-worker", [entry])
-    sub = client.post("/api/security_evaluations", json={**BODY, "attack": "ghost-attack"})
-    assert sub.status_code == 202, sub.get_json()
-    job_id = sub.get_json()["job_id"]
-    assert r.llen(f"rq:queue:{plugin_catalog.plugin_queue('evaluations', 'ghost-attack')}") == 1
+    plain = client.post("/api/security_evaluations", json={**BODY, "attack": "ghost-attack"})
+    sharded = client.post("/api/security_evaluations", json={**BODY, "attack": "ghost-attack", "shards": 2, "shard-size": 64})
+    assert plain.status_code == 202 and sharded.status_code == 202, (plain.get_json(), sharded.get_json())
+    job_id, parent_id = plain.get_json()["job_id"], sharded.get_json()["job_id"]
+    ghost_queue = f"rq:queue:{plugin_catalog.plugin_queue('evaluations', 'ghost-attack')}"
+    records, queue = app.extensions["secev"]["records"], app.extensions["secev"]["queue"]
+    shard_ids = records.evaluation(parent_id)["shards"]["ids"]
+    assert sorted(q.decode() for q in r.lrange(ghost_queue, 0, -1)) == sorted([job_id, *shard_ids])
+    assert r.llen("rq:queue:evaluations") == 0  # the merge is deferred on the main queue, not on it
+
+    # Re-queued after a (simulated) lost queue entry: back on the plugin's queue, not the main one.
+    recovery.requeue(records, queue, job_id, "test", 60)
+    assert job_id in {q.decode() for q in r.lrange(ghost_queue, 0, -1)} and r.llen("rq:queue:evaluations") == 0
+
     plugin_catalog.withdraw(r, "secev", "ghost-worker")
     st = client.get(f"/api/security_evaluations/{job_id}").get_json()
     assert st["job-status"] == "queued" and "no live worker offers the plugin attack 'ghost-attack'" in st["waiting"]
-    assert client.delete(f"/api/security_evaluations/{job_id}").status_code == 200
+    for evaluation in (job_id, parent_id):
+        assert client.delete(f"/api/security_evaluations/{evaluation}").status_code == 200
