@@ -135,8 +135,14 @@ def offered(r: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
 
 
 def entries(r: redis.Redis, prefix: str) -> dict[str, catalog.Attack]:
-    """The live plugins as catalog entries, for request validation."""
-    return {name: entry_from_json(d) for name, d in offered(r, prefix).items()}
+    """The live plugins as catalog entries, for request validation (a malformed offer is skipped)."""
+    out = {}
+    for name, d in offered(r, prefix).items():
+        try:
+            out[name] = entry_from_json(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("skipping the malformed offer of plugin %r: %s", name, exc)
+    return out
 
 
 class Publisher(threading.Thread):

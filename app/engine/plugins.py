@@ -63,5 +63,5 @@ def install() -> list[catalog.Attack]:
     loaded, _ = discover()
     for name, (cls, _entry) in loaded.items():
         attacks.ATTACKS[name] = cls
-        log.warning("attack plugin %r loaded from %s", name, cls.__module__)
+        log.info("attack plugin %r loaded from %s", name, cls.__module__)
     return [entry for _cls, entry in loaded.values()]
