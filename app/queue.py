@@ -15,6 +15,8 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from .plugin_catalog import is_plugin, plugin_queue
+
 JOB_FUNCTION = "app.jobs.run_evaluation"
 MERGE_FUNCTION = "app.merge.merge_shards"
 # An RQ job in one of these is still to run (or running).
@@ -25,8 +27,17 @@ def get_queue(connection: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=connection, serializer=JSONSerializer)
 
 
-def enqueue_evaluation(queue: Queue, job_id: str, timeout: int) -> Job:
-    return queue.enqueue(
+def route(queue: Queue, attack: str | None) -> Queue:
+    """The queue a job naming ``attack`` goes to: a plugin's own queue (only the workers offering
+    that plugin listen to it), else the main one. Every enqueue of an evaluation (submit, shards,
+    recovery's re-queue) goes through here, so a re-queued job keeps its routing."""
+    if attack is None or not is_plugin(attack):
+        return queue
+    return Queue(plugin_queue(queue.name, attack), connection=queue.connection, serializer=JSONSerializer)
+
+
+def enqueue_evaluation(queue: Queue, job_id: str, timeout: int, attack: str | None = None) -> Job:
+    return route(queue, attack).enqueue(
         JOB_FUNCTION,
         job_id,
         job_id=job_id,

@@ -52,7 +52,7 @@ def requeue(records: Records, queue: Queue, job_id: str, reason: str, timeout: i
     old = jobqueue.fetch_job(records.redis, job_id)
     if old is not None:
         old.delete(remove_from_queue=True)
-    jobqueue.enqueue_evaluation(queue, job_id, timeout)
+    jobqueue.enqueue_evaluation(queue, job_id, timeout, rec["request"].get("attack"))
     if rec.get("parent"):  # a shard: its parent's merge waits on the new job (same id) again
         jobqueue.rewire_merge(records.redis, rec["parent"])
 

@@ -177,13 +177,15 @@ def perturbation_values(raw: Any, limit: int) -> list[float]:
     return sorted(values)
 
 
-def attack_parameters(attack: str, raw: Any) -> dict[str, Any]:
+def attack_parameters(attack: str, raw: Any, plugins: dict[str, catalog.Attack] | None = None) -> dict[str, Any]:
+    """``attack-params`` checked against the attack's table: a built-in's, or the one a live worker
+    published for a plugin (``plugins``, from ``app.plugin_catalog.entries``)."""
     field = "attack-params"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise _fail(field, "expected an object")
-    spec = catalog.params_of(attack)
+    spec = {p.name: p for p in plugins[attack].params} if plugins and attack in plugins else catalog.params_of(attack)
     unknown = sorted(set(raw) - set(spec))
     if unknown:
         raise _fail(field, f"{_show(unknown)} not accepted by '{attack}'; accepted: {sorted(spec)}")
@@ -191,6 +193,15 @@ def attack_parameters(attack: str, raw: Any) -> dict[str, Any]:
     for key, value in raw.items():
         params[key] = parameter(f"{field}.{key}", spec[key], value)
     return params
+
+
+def attack_name(body: dict[str, Any], plugins: dict[str, catalog.Attack]) -> str:
+    """The ``attack``: a built-in, or a plugin while a live worker offers it."""
+    try:
+        return _choice("attack", body.get("attack", FIELDS["attack"]["default"]), (*ATTACKS, *plugins))
+    except ValidationError as exc:
+        exc.message += " (a plugin attack is accepted only while a live worker offers it)"
+        raise
 
 
 def preprocessing(raw: Any, missing: bool) -> dict[str, list[float]]:
@@ -225,8 +236,11 @@ def sharding(body: dict[str, Any], mode: str, max_shards: int) -> tuple[int | st
     return shards, _field(body, "shard-size")
 
 
-def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) -> dict[str, Any]:
-    """Validate a request body and return it normalized, with every default filled in."""
+def evaluation_request(
+    body: Any, *, max_values: int = 50, max_shards: int = 4, plugins: dict[str, catalog.Attack] | None = None
+) -> dict[str, Any]:
+    """Validate a request body and return it normalized, with every default filled in. ``plugins``:
+    the plugin attacks live workers offer now (a request may name one like a built-in)."""
     if not isinstance(body, dict):
         raise ValidationError("request body must be a JSON object")
     unknown = sorted(set(body) - set(REQUEST_FIELDS))
@@ -240,14 +254,16 @@ def evaluation_request(body: Any, *, max_values: int = 50, max_shards: int = 4) 
     }
     req["perturbation-values"] = perturbation_values(body.get("perturbation-values", DEFAULT_PERTURBATION_VALUES), max_values)
     req["perturbation-type"] = _field(body, "perturbation-type")
-    attack = _field(body, "attack")
+    attack = attack_name(body, plugins or {})
     if req["perturbation-type"] == "random":
         if "attack" in body:
             raise _fail("attack", "perturbation-type 'random' adds noise and takes no attack")
         attack = "noise"
     req["attack"] = attack
     req["norm"] = _field(body, "norm")
-    req["attack-params"] = attack_parameters(attack, body.get("attack-params"))
+    req["attack-params"] = attack_parameters(attack, body.get("attack-params"), plugins)
+    if attack in (plugins or {}) and req["norm"] not in plugins[attack].norms:
+        raise _fail("norm", f"the plugin attack '{attack}' supports {list(plugins[attack].norms)}, got {_show(req['norm'])}")
     req["evaluation-mode"] = _field(body, "evaluation-mode")
     indexes = body.get("indexes")
     if indexes is not None:

@@ -86,7 +86,7 @@ def submit(
                 pipe.sadd(records.key("active"), child_id)  # the recovery sweep watches shards like any job
             pipe.execute()
         for child_id in ids:
-            jobqueue.enqueue_evaluation(queue, child_id, timeout)
+            jobqueue.enqueue_evaluation(queue, child_id, timeout, req["attack"])
         jobqueue.enqueue_merge(queue, parent_id, ids, timeout)
     except Exception:
         delete(records, None, records.evaluation(parent_id) or {"job_id": parent_id, "shards": info})

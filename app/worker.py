@@ -1,4 +1,4 @@
-"""The RQ worker process: JSON serializer, failure bookkeeping, abandoned-job recovery."""
+"""The RQ worker process: JSON serializer, failure bookkeeping, abandoned-job recovery, attack plugins."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch  # noqa: F401
 from rq import Worker
 from rq.serializers import JSONSerializer
 
+from . import plugin_catalog
 from . import queue as jobqueue
 from .config import Config
-from .engine import attribution, convcache, converter, evaluation, verification  # noqa: F401
+from .engine import attribution, convcache, converter, evaluation, plugins, verification  # noqa: F401
 from .extensions import connect
 from .jobs import claimed_token
 from .records import Records
@@ -50,8 +51,11 @@ def main(*, burst: bool = False, name: str | None = None) -> int:
     connection = connect(settings, socket_timeout=None)
     records = Records(connection, settings.key_prefix)
     queue = jobqueue.get_queue(connection, settings.queue_name)
+    # Loaded before the work-horses fork, so each inherits them; a job naming a plugin waits in that
+    # plugin's queue, which only workers offering it listen to (``app.queue.route``).
+    offered = plugins.install()
     worker = Worker(
-        [queue],
+        [queue, *(jobqueue.route(queue, entry.name) for entry in offered)],
         connection=connection,
         serializer=JSONSerializer,
         name=name,
@@ -60,8 +64,12 @@ def main(*, burst: bool = False, name: str | None = None) -> int:
     )
     recovery = Recovery(records, queue, settings.job_timeout)
     recovery.start()
+    publisher = plugin_catalog.Publisher(connection, settings.key_prefix, worker.name, offered)
+    if offered:
+        publisher.start()
     try:
         worker.work(burst=burst, with_scheduler=False)
     finally:
         recovery.stopped.set()
+        publisher.stop()
     return 0

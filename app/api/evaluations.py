@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, redirect, request, url_for
 
-from .. import auth, schemas, shards, validation
+from .. import auth, plugin_catalog, schemas, shards, validation
 from .. import queue as jobqueue
 from ..exceptions import InvalidFileError, NotFoundError, ServiceError, ValidationError
 from ..extensions import get_queue, get_records, get_redis, get_settings, get_storage
@@ -96,6 +96,9 @@ def status_view(rec: dict[str, Any]) -> dict[str, Any]:
     rec = shards.overview(get_records(), rec)
     view = {k: v for k, v in rec.items() if k not in ("owner", "resolved", "attempt")}
     view["kind"] = kind_of(rec)
+    note = plugin_catalog.waiting_note(get_redis(), get_settings().key_prefix, rec)
+    if note:
+        view["waiting"] = note
     view["links"] = {
         "self": url_for("evaluations.get_one", job_id=rec["job_id"], _external=True),
         "output": url_for("evaluations.output", job_id=rec["job_id"], _external=True),
@@ -119,7 +122,11 @@ def owned_evaluation(job_id: str) -> dict[str, Any]:
 @bp.post("")
 def submit():
     settings = get_settings()
-    req = schemas.evaluation_request(json_object(), max_values=settings.max_perturbation_values, max_shards=settings.max_shards)
+    body = json_object()
+    plugins = plugin_catalog.for_request(get_redis(), settings.key_prefix, body)  # only the JSON a live worker published
+    req = schemas.evaluation_request(
+        body, max_values=settings.max_perturbation_values, max_shards=settings.max_shards, plugins=plugins
+    )
     job_id = queue_evaluation(req)
     location = url_for("evaluations.get_one", job_id=job_id, _external=True)
     response = jsonify({"job_id": job_id, "job-status": "queued", "links": {"self": location}})
@@ -153,7 +160,7 @@ def queue_evaluation(req: dict[str, Any], kind: str = EVALUATION) -> str:
     else:
         job_id = records.create_evaluation(req, auth.tenant(), resolved, limit=settings.max_concurrent_jobs)
         try:
-            jobqueue.enqueue_evaluation(get_queue(), job_id, settings.job_timeout)
+            jobqueue.enqueue_evaluation(get_queue(), job_id, settings.job_timeout, req["attack"])
         except Exception:
             records.delete_evaluation(job_id)
             raise

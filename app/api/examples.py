@@ -15,9 +15,9 @@ from typing import Any
 
 from flask import Blueprint, jsonify, url_for
 
-from .. import samples, schemas
+from .. import plugin_catalog, samples, schemas
 from ..exceptions import NotFoundError, ValidationError
-from ..extensions import get_records, get_settings, get_storage
+from ..extensions import get_records, get_redis, get_settings, get_storage
 from . import evaluations
 from .body import json_object
 from .samples import finished_index, linked, png_response
@@ -55,7 +55,10 @@ def example_request(body: dict[str, Any]) -> dict[str, Any]:
     index = schemas.sample_index("index", body["index"])
     settings = get_settings()
     fields = {k: v for k, v in body.items() if k != "index"}
-    return schemas.evaluation_request({**fields, **FIXED, "indexes": [index]}, max_values=settings.max_perturbation_values)
+    plugins = plugin_catalog.for_request(get_redis(), settings.key_prefix, fields)  # a plugin attack, as in a submit
+    return schemas.evaluation_request(
+        {**fields, **FIXED, "indexes": [index]}, max_values=settings.max_perturbation_values, plugins=plugins
+    )
 
 
 def owned_example(job_id: str) -> dict[str, Any]:

@@ -62,6 +62,8 @@ SCHEMAS: dict[str, Any] = {
             },
             "parameters": {"type": "array", "items": {"$ref": "#/components/schemas/AttackParameter"}},
             "defaults": {"type": "object", "description": "attack-params as a request gets them when it gives none"},
+            "plugin": {"type": "boolean", "description": "offered by a plugin installed on live workers (not built in)"},
+            "workers": {"type": "integer", "description": "plugins only: how many live workers offer it"},
         },
     },
     "AttackList": {

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import attack_catalog, auth, defense_catalog, plots, report, results
+from .. import attack_catalog, auth, defense_catalog, plots, plugin_catalog, report, results
 from ..exceptions import BackendUnavailableError, ConflictError, NotFoundError, ValidationError
-from ..extensions import get_records, get_storage
+from ..extensions import get_records, get_redis, get_settings, get_storage
 from .evaluations import UUID_RE, owned_evaluation
 from .files import FILE_ID_RE
 
@@ -175,11 +175,19 @@ def compare():
     return image(plots.render(spec, fmt), fmt, "secev-comparison")
 
 
+def with_plugins(perturbation_type: str | None = None) -> list[dict[str, Any]]:
+    """The built-in attacks, then the plugins live workers offer (``plugin: true``, ``workers``)."""
+    listed = [{**a, "plugin": False} for a in attack_catalog.describe(perturbation_type)]
+    if perturbation_type in (None, "max-norm"):
+        listed += sorted(plugin_catalog.offered(get_redis(), get_settings().key_prefix).values(), key=lambda a: a["name"])
+    return listed
+
+
 @bp.get("/attacks")
 def attacks():
     return jsonify(
         {
-            "attacks": attack_catalog.describe(),
+            "attacks": with_plugins(),
             "perturbation-types": list(attack_catalog.PERTURBATION_TYPES),
             "defenses": defense_catalog.describe(),
         }
@@ -193,4 +201,4 @@ def attacks_of(perturbation_type: str):
             f"no perturbation type {results.short(perturbation_type, 40)!r}; known: {list(attack_catalog.PERTURBATION_TYPES)}",
             details={"perturbation-types": list(attack_catalog.PERTURBATION_TYPES)},
         )
-    return jsonify({"perturbation-type": perturbation_type, "attacks": attack_catalog.describe(perturbation_type)})
+    return jsonify({"perturbation-type": perturbation_type, "attacks": with_plugins(perturbation_type)})

@@ -11,7 +11,7 @@ from typing import Any
 from ..bounds import OutOfMemory, is_out_of_memory
 from .apgd import APGD
 from .auto import Auto
-from .base import ArraySource, Attack, Hooks, StopRequested, SweepState
+from .base import ArraySource, Attack, Context, Hooks, StopRequested, SweepState
 from .fgm_minimal import FGMMinimal
 from .fgsm import FGSM
 from .fmn import FMN
@@ -28,6 +28,7 @@ __all__ = [
     "ArraySource",
     "Attack",
     "Auto",
+    "Context",
     "FGMMinimal",
     "FGSM",
     "FMN",
