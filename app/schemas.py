@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import attack_catalog as catalog
-from . import defense_catalog
+from . import defense_catalog, plugin_catalog
 from .exceptions import ValidationError
 from .fields import choice as _choice
 from .fields import fail as _fail
@@ -87,7 +87,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     "norm": _enum_field(NORMS, "linf"),
     "attack-params": {
         "type": "object",
-        "maxProperties": max(len(p) for p in ATTACK_PARAMETERS.values()),
+        "maxProperties": max(plugin_catalog.MAX_PARAMS, *(len(p) for p in ATTACK_PARAMETERS.values())),
         "description": "the attack's parameters (GET /api/attacks: names, types, ranges, defaults)",
     },
     "evaluation-mode": _enum_field(("complete", "fast"), "complete", f"fast: the first {FAST_MODE_SAMPLES} samples"),
@@ -118,11 +118,19 @@ REQUEST_FIELDS = tuple(FIELDS)
 
 
 def request_schema(
-    names: tuple[str, ...], *, max_values: int, max_shards: int, extra: dict[str, Any] | None = None
+    names: tuple[str, ...],
+    *,
+    max_values: int,
+    max_shards: int,
+    extra: dict[str, Any] | None = None,
+    plugins: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The JSON Schema of a request body made of the ``names`` fields (and ``extra`` ones), with the
-    service's own limits: what the OpenAPI document publishes for ``evaluation_request``'s input."""
+    service's own limits and the plugin attacks live workers offer now: what the OpenAPI document
+    publishes for ``evaluation_request``'s input."""
     properties = {name: FIELDS[name] for name in names if name in FIELDS}
+    if "attack" in properties and plugins:
+        properties["attack"] = {**properties["attack"], "enum": [*properties["attack"]["enum"], *sorted(plugins)]}
     if "perturbation-values" in properties:
         properties["perturbation-values"] = {**properties["perturbation-values"], "maxItems": max_values}
     if "shards" in properties:

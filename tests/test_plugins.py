@@ -104,6 +104,13 @@ def test_example_plugin_through_the_api(settings, plugin_worker, redis_server):
     assert [p["name"] for p in mi["parameters"]] == ["steps", "decay"] and mi["defaults"] == {"steps": 10, "decay": 1.0}
     assert mi["paper"]["venue"] == "CVPR 2018"
     assert "mi-fgsm" in [a["name"] for a in client.get("/api/attacks/max-norm").get_json()["attacks"]]
+    # the OpenAPI document says what a submit accepts now: the offered plugin is in the attack's choices
+    def documented_attacks() -> list[str]:
+        doc = client.get("/api/openapi.json").get_json()
+        body = doc["paths"]["/api/security_evaluations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return body["properties"]["attack"]["enum"]
+
+    assert "mi-fgsm" in documented_attacks() and "pgd" in documented_attacks()
     # The broken plugins were rejected with a reason in the worker's log; the worker lives and offers none of them.
     text = log.read_text()
     assert proc.poll() is None and not {"bad-table", "no-module"} & set(listed)
@@ -128,6 +135,7 @@ def test_example_plugin_through_the_api(settings, plugin_worker, redis_server):
     # The worker stops: its offer is withdrawn, and a request naming the plugin is refused, saying why.
     stop_process(proc)
     assert "mi-fgsm" not in {a["name"] for a in client.get("/api/attacks").get_json()["attacks"]}
+    assert "mi-fgsm" not in documented_attacks()
     r = client.post("/api/security_evaluations", json={**BODY, "attack": "mi-fgsm"})
     assert r.status_code == 400 and "only while a live worker offers it" in r.get_json()["error"], r.get_json()
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import Blueprint, jsonify
 
-from .. import __version__, paging, schemas
-from ..extensions import get_settings
+from .. import __version__, paging, plugin_catalog, schemas
+from ..extensions import get_redis, get_settings
 from ..records import STATUSES
 from . import examples, openapi_outputs, openapi_results
 from .openapi_schemas import (
@@ -105,10 +106,12 @@ def file_paths(kind: str, record: str) -> dict[str, Any]:
     }
 
 
-def paths(max_values: int, max_shards: int) -> dict[str, Any]:
-    evaluation_request = schemas.request_schema(schemas.REQUEST_FIELDS, max_values=max_values, max_shards=max_shards)
+def paths(max_values: int, max_shards: int, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+    evaluation_request = schemas.request_schema(
+        schemas.REQUEST_FIELDS, max_values=max_values, max_shards=max_shards, plugins=plugins
+    )
     example_request = schemas.request_schema(
-        examples.FIELDS, max_values=max_values, max_shards=1, extra={"index": schemas.SAMPLE_INDEX}
+        examples.FIELDS, max_values=max_values, max_shards=1, extra={"index": schemas.SAMPLE_INDEX}, plugins=plugins
     )
     deleted = {**json_response("deleted (a queued job canceled, a running one stopped)", "Deleted"), **errors(401, 404, 503)}
     return {
@@ -207,6 +210,15 @@ def paths(max_values: int, max_shards: int) -> dict[str, Any]:
     }
 
 
+def live_plugins(prefix: str) -> tuple[str, ...]:
+    """The plugin attacks live workers offer now (the document is built per request, so it says what a
+    submit accepts at this moment); none while Redis is unreachable: the document still answers."""
+    try:
+        return tuple(plugin_catalog.offered(get_redis(), prefix))
+    except redis.RedisError:
+        return ()
+
+
 def document() -> dict[str, Any]:
     settings = get_settings()
     doc: dict[str, Any] = {
@@ -219,7 +231,7 @@ def document() -> dict[str, Any]:
         },
         # Keys are optional (a service without API keys is open): {} first says "no key" is a choice.
         "security": [{}, {"ApiKey": []}, {"Bearer": []}],
-        "paths": paths(settings.max_perturbation_values, settings.max_shards),
+        "paths": paths(settings.max_perturbation_values, settings.max_shards, live_plugins(settings.key_prefix)),
         "components": {
             "schemas": {**SCHEMAS, **openapi_outputs.SCHEMAS},
             "responses": RESPONSES,
