@@ -110,11 +110,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import schemas
+    from .engine import plugins
     from .engine.evaluation import evaluate
     from .inspection import inspect_dataset, inspect_model
     from .storage import sha256_file
 
-    req = schemas.evaluation_request(request_body(args))
+    offered = {entry.name: entry for entry in plugins.install()}  # this process runs the attack, as a worker would
+    req = schemas.evaluation_request(request_body(args), plugins=offered)
     model_info = inspect_model(args.trained_model, allow_external_data=True)
     data_info = inspect_dataset(args.dataset, scan=False)
     req = schemas.bind_to_files(req, model_info, data_info)
