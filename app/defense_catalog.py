@@ -242,13 +242,14 @@ def describe() -> dict[str, Any]:
 
 
 def _schema(p: Param, odd: bool = False) -> dict[str, Any]:
+    """A parameter's schema in the OpenAPI document's dialect (3.0: a boolean ``exclusiveMinimum``, no ``const``)."""
     out: dict[str, Any] = {"type": JSON_TYPES[p.kind], "default": p.default, "description": p.description}
     if p.kind == "integer":
         out.update(minimum=int(p.minimum), maximum=int(p.maximum))
         if odd:
             out["description"] += "; must be odd"
     elif p.kind == "number":
-        out.update(exclusiveMinimum=p.minimum, maximum=p.maximum)
+        out.update(minimum=p.minimum, exclusiveMinimum=True, maximum=p.maximum)
     return out
 
 
@@ -260,7 +261,10 @@ def json_schema() -> dict[str, dict[str, Any]]:
             "title": d.name,
             "required": ["name"],
             "additionalProperties": False,
-            "properties": {"name": {"const": d.name}, **{p.name: _schema(p, p.name in d.odd) for p in d.params}},
+            "properties": {
+                "name": {"type": "string", "enum": [d.name]},
+                **{p.name: _schema(p, p.name in d.odd) for p in d.params},
+            },
         }
         for d in DEFENSES
     ]
@@ -269,8 +273,7 @@ def json_schema() -> dict[str, dict[str, Any]]:
             "type": "array",
             "maxItems": MAX_DEFENSES,
             "items": {"oneOf": variants},
-            "default": [],
-            "description": "preprocessing defenses applied in this order in front of the model",
+            "description": "preprocessing defenses applied in this order in front of the model (absent: none)",
         },
         PARAMS_FIELD: {
             "type": "object",
