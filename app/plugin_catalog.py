@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from typing import Any
 
 import redis
@@ -35,6 +36,12 @@ MAX_PARAMS = 32
 
 def offer_key(prefix: str, worker: str) -> str:
     return f"{prefix}:plugins:{worker}"
+
+
+def offers_index(prefix: str) -> str:
+    """A sorted set of the workers that publish offers, scored by when their offer lapses: readers look up
+    these few keys instead of scanning the whole keyspace (every job's keys) on each request."""
+    return f"{prefix}:plugin-offers"
 
 
 def plugin_queue(base: str, attack: str) -> str:
@@ -109,18 +116,29 @@ def _kind(p: dict[str, Any]) -> str:
 
 # -- publishing (worker) and reading (API) --------------------------------------
 def publish(r: redis.Redis, prefix: str, worker: str, entries: list[catalog.Attack]) -> None:
-    r.set(offer_key(prefix, worker), json.dumps([e.describe() for e in entries]), ex=TTL)
+    with r.pipeline() as pipe:
+        pipe.set(offer_key(prefix, worker), json.dumps([e.describe() for e in entries]), ex=TTL)
+        pipe.zadd(offers_index(prefix), {worker: time.time() + TTL})
+        pipe.execute()
 
 
 def withdraw(r: redis.Redis, prefix: str, worker: str) -> None:
-    r.delete(offer_key(prefix, worker))
+    with r.pipeline() as pipe:
+        pipe.delete(offer_key(prefix, worker))
+        pipe.zrem(offers_index(prefix), worker)
+        pipe.execute()
 
 
 def offered(r: redis.Redis, prefix: str) -> dict[str, dict[str, Any]]:
     """The plugins the live workers offer: name -> its description, with ``plugin: true`` and
     ``workers`` (how many live workers offer it). Two workers with different versions of a plugin:
     the first description read wins (the request is validated against it)."""
-    keys = sorted(r.scan_iter(match=offer_key(prefix, "*"), count=500))
+    now = time.time()
+    with r.pipeline() as pipe:  # a killed worker's entry lapses with its offer's TTL
+        pipe.zremrangebyscore(offers_index(prefix), "-inf", now)
+        pipe.zrangebyscore(offers_index(prefix), now, "+inf")
+        _, workers = pipe.execute()
+    keys = sorted(offer_key(prefix, w.decode() if isinstance(w, bytes) else w) for w in workers)
     out: dict[str, dict[str, Any]] = {}
     for raw in r.mget(keys) if keys else []:
         try:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .base import Attack, Context, Hooks, Source, SweepState, verify
 from .geometry import Bounds, clip_to_bounds, lp_norm, project, steepest_direction
 from .losses import cross_entropy
+from .minimal import search_minimal_norms
 
 
 def grid(epsilons: list[float], steps: int) -> list[float]:
@@ -77,18 +77,16 @@ class FGMMinimal(Attack):
         device: torch.device,
     ) -> None:
         """The grid search, once for every sample left standing by the clean pass."""
-        state.anchor = state.rows_like_delta("anchor")
-        state.min_norm = np.full(len(state.broken_at), np.inf, dtype=np.float32)
         values = grid(epsilons, self.grid_steps)
 
-        def run(pos: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
-            ctx = Context(model, bounds, self.generator(device, 0, int(pos[0])), self.autocast, should_stop=hooks.should_stop)
+        def search(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             ctx.check()
             found, best = _first_success(model, x, y, self.direction(ctx, x, y), values, bounds, self.norm)
-            state.anchor[pos] = best.cpu().numpy()
-            state.min_norm[pos] = found.cpu().numpy()
+            return best, found
 
-        self.for_each_standing(source, state, len(epsilons), device, hooks, run)
+        search_minimal_norms(
+            self, search, model=model, source=source, epsilons=epsilons, bounds=bounds, state=state, hooks=hooks, device=device
+        )
 
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
         """The grid step when it fits in this ball; else (outside a sweep, or above the minimal epsilon) FGM at ``eps``."""

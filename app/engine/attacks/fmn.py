@@ -14,13 +14,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .base import Attack, Bounds, Context, Hooks, Source, SweepState
 from .geometry import batch_view, clip_to_bounds, lp_norm, project, steepest_direction
 from .losses import margin
+from .minimal import search_minimal_norms
 
 DUAL = {"linf": 1, "l2": 2}
 
@@ -109,12 +109,9 @@ class FMN(Attack):
         device: torch.device,
     ) -> None:
         """Run the minimal-norm search once; the epsilon loop then only checks each threshold."""
-        state.anchor = state.rows_like_delta("anchor")
-        state.min_norm = np.full(len(state.broken_at), np.inf, dtype=np.float32)
 
-        def run(pos: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
-            ctx = Context(model, bounds, self.generator(device, 0, int(pos[0])), self.autocast, should_stop=hooks.should_stop)
-            best, norms = minimal_norm(
+        def search(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return minimal_norm(
                 model,
                 x,
                 y,
@@ -126,10 +123,10 @@ class FMN(Attack):
                 logits=ctx.logits,
                 check=ctx.check,
             )
-            state.anchor[pos] = best.cpu().numpy()
-            state.min_norm[pos] = norms.cpu().numpy()
 
-        self.for_each_standing(source, state, len(epsilons), device, hooks, run)
+        search_minimal_norms(
+            self, search, model=model, source=source, epsilons=epsilons, bounds=bounds, state=state, hooks=hooks, device=device
+        )
 
     @torch.no_grad()
     def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, eps: float, init: torch.Tensor | None):
