@@ -50,6 +50,7 @@ NOTHING = {
 # A failed attack's loss is "still rising" when the mean over its last tenth of steps exceeds the
 # mean over the tenth before by more than this share of the loss's whole range along the path.
 RISING = 0.05
+DETAIL = ("standing", "evaluated", "own-draws-only", "scatter")  # a check's counts besides its own (see ``verdict``)
 
 
 def _pct(share: float) -> str:
@@ -64,6 +65,17 @@ def _msg_curve(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str]
 
 
 def _msg_fgsm(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[str, str]:
+    if "scatter" in ctx:
+        within = (
+            "a random defense's draws decide near the boundary, so an excess up to twice the square root of the "
+            f"samples only one of the two attacks broke is not counted; allowed here: {ctx['scatter']}"
+        )
+        return (
+            f"The one-step FGSM attack broke {c} more of {n} samples checked than the evaluation's attack did at the "
+            f"same perturbation, beyond the scatter of the draws ({within}): that attack underperformed.",
+            f"The evaluation's attack broke as many of {n} samples checked as the one-step FGSM attack at every "
+            f"perturbation, up to the scatter of the draws ({within}).",
+        )
     return (
         f"The one-step FGSM attack broke {c} more of {n} samples checked than the evaluation's attack did at the "
         "same perturbation: that attack underperformed, and the curve overstates robustness.",
@@ -141,6 +153,12 @@ def _msg_gradient_free(c: int, n: int, v: float, t: float, ctx: dict) -> tuple[s
     what = ctx.get("gradient-free", "a gradient-free attack")
     what = f"{what[0].upper()}{what[1:]} broke {c} of {n} samples that the evaluation's attack left standing"
     what += " at the largest perturbation"
+    if "own-draws-only" in ctx:
+        only = ctx["own-draws-only"]
+        what += (
+            " (a break counts only where it also fools the vote over a second, independent set of the random"
+            f" defense's draws; {only} more fooled only the evaluation's own draws)"
+        )
     points = f"about {100 * v:.1f} points"
     return (
         f"{what}, so the accuracy there is overstated by {points} (more than {100 * t:.0f}): the gradients misled the attack.",
@@ -169,22 +187,25 @@ def verdict(
     threshold: float,
     ctx: dict[str, Any] | None = None,
     *,
-    standing: int | None = None,
-    evaluated: int | None = None,
+    detail: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Judge a measured check: ``count`` bad of ``samples`` looked at. With no samples at all, it passes
-    saying there was nothing to look at. With ``standing`` of ``evaluated`` samples (the gradient-free
-    attack's, which tries a few of the samples left standing), the value is the estimated overstatement
-    of the accuracy at the largest epsilon: the share it broke times the share left standing."""
+    saying there was nothing to look at. ``detail`` goes into the check as it is and into its sentences:
+
+    - ``standing`` of ``evaluated`` samples (the gradient-free attack's, which tries a few of the samples left
+      standing): the value is the estimated overstatement of the accuracy at the largest epsilon, the share it
+      broke times the share left standing;
+    - ``own-draws-only`` (gradient-free, random defense): its breaks that fooled the evaluation's draws but not
+      a second, independent set, which do not count;
+    - ``scatter`` (FGSM comparison, random defense): the excess allowed as the draws' scatter, not counted."""
     ctx = ctx or {}
     if samples <= 0:
         return unmeasured(name, NOTHING[name])
+    extra = {key: int(value) for key, value in (detail or {}).items()}
     value = count / samples
-    extra: dict[str, int] = {}
-    if standing is not None and evaluated:
-        value *= standing / evaluated
-        extra = {"standing": int(standing), "evaluated": int(evaluated)}
-    warn, ok = MESSAGES[name](count, samples, value, threshold, ctx)
+    if extra.get("evaluated"):
+        value *= extra.get("standing", 0) / extra["evaluated"]
+    warn, ok = MESSAGES[name](count, samples, value, threshold, {**ctx, **extra})
     bad = value > threshold
     return {
         "name": name,
@@ -224,13 +245,19 @@ def still_rising(loss: list[float], noisy: bool = False) -> bool:
 
     ``noisy``: the loss is an average over random draws that change at every step (a declared random
     defense, attacked with EOT), so it jitters while it has levelled off: the windows are a quarter of
-    the path each, and the rise must also exceed twice its standard error (the steps' own scatter)."""
+    the path each, the last one is compared with the highest earlier one (a loss still climbing reaches
+    a level it never held before; one jittering on a plateau does not), and the rise must also exceed
+    twice its standard error (the steps' own scatter)."""
     values = [float(v) for v in loss if v == v and abs(v) != float("inf")]
     if len(values) < 4:
         return False
-    w = max(1, len(values) // (4 if noisy else 10))
-    last, before = values[-w:], values[-2 * w : -w]
     spread = max(values) - min(values)
+    w = max(1, len(values) // (4 if noisy else 10))
+    last = values[-w:]
+    before = values[-2 * w : -w]
+    if noisy:
+        earlier = [values[end - w : end] for end in range(len(values) - w, w - 1, -w)]
+        before = max(earlier, key=lambda part: sum(part) / w)
     rise = sum(last) / w - sum(before) / w
     if noisy and w > 1:
         var = sum((v - sum(part) / w) ** 2 for part in (last, before) for v in part) / (2 * w - 2)
@@ -269,11 +296,10 @@ def combine(per_shard: list[list[dict[str, Any]]], accuracy: list[float], ctx: d
             out.append(found[0] if found else unmeasured(name, "Not measured."))
             continue
         threshold = measured[0]["threshold"]
-        total = {
-            key: sum(c[key] for c in measured) for key in ("count", "samples", "standing", "evaluated") if key in measured[0]
-        }
+        total = {key: sum(c[key] for c in measured) for key in ("count", "samples", *DETAIL) if key in measured[0]}
         # The gradient-free estimate is pooled: the share broken over all shards times the share standing over them.
-        out.append(verdict(name, total.pop("count"), total.pop("samples"), threshold, ctx, **total))
+        detail = {key: value for key, value in total.items() if key in DETAIL}
+        out.append(verdict(name, total["count"], total["samples"], threshold, ctx, detail=detail))
     return out
 
 

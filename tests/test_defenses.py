@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from app import schemas
+from app import reliability, schemas
 from app.defense_catalog import describe, json_schema, validate_defense_params, validate_defenses
 from app.engine.attacks.fgm_minimal import grid
 from app.engine.attacks.geometry import clip_to_bounds, project, steepest_direction
+from app.engine.checks import fgsm_excess
 from app.engine.defenses import Defended, build_stages
 from app.engine.evaluation import evaluate
 from app.engine.models import load_onnx
@@ -152,6 +153,11 @@ def test_majority_prediction_is_deterministic_for_a_seed_whatever_the_batch(clas
     assert torch.equal(whole.argmax(1), torch.cat([halves[16:], halves[:16]]).argmax(1))
     assert torch.allclose(torch.softmax(whole, 1).sum(1), torch.ones(32), atol=1e-5)  # softmax: the vote shares
     assert not torch.equal(whole, other_seed)  # the draws are the seed's: another seed votes on other noise
+    second = model.redrawn()  # what the gradient-free check confirms its breaks on
+    assert second.model is model.model and list(second.stages) == list(model.stages) and second.prediction_draws == 9
+    with torch.no_grad():
+        assert torch.equal(second(x), second(x))
+        assert not torch.equal(second(x), whole)
 
 
 # -- through the engine -----------------------------------------------------------------
@@ -191,6 +197,50 @@ def test_randomized_defense_evaluated_adaptively_passes_the_reliability_checks(a
     assert "declared random defense (gaussian-noise)" in checks["deterministic-forward"]["message"]
     assert out["defense-params"] == {"adaptive": True, "random": True, "eot-draws": 8, "prediction-draws": 16}
     assert out["sec-curve"]["y-values"][-1] <= out["undefended"]["sec-curve"]["y-values"][-1] + 0.2
+    # The two comparisons between attacks allow for the draws, and say so.
+    fgsm, gf = checks["no-weaker-than-fgsm"], checks["gradient-free-attack"]
+    assert fgsm["scatter"] >= 0 and "scatter of the draws" in fgsm["message"]
+    if gf["samples"]:  # some sample left standing at 0.2 (on each of 40 trainings, 2 to 13 of 120)
+        assert 0 <= gf["own-draws-only"] <= gf["samples"] - gf["count"]
+        assert "second, independent set of the random defense's draws" in gf["message"]
+
+
+# A real EOT loss (PGD, 40 steps, 8 draws, gaussian-noise sigma 0.1) on a sample the attack failed on: it climbs for
+# 10 steps and then jitters on a plateau; compared with the quarter just before, its last quarter had risen by 0.11.
+PLATEAU = [0.01, 0.036, 0.104, 0.098, 0.253, 0.378, 0.412, 0.346, 0.484, 0.515, 0.72, 0.452, 0.693, 0.424, 0.555,
+           0.749, 0.74, 0.317, 0.74, 0.619, 0.59, 0.456, 0.588, 0.616, 0.501, 0.623, 0.462, 0.364, 0.317, 0.378,
+           0.363, 0.727, 0.379, 0.384, 0.512, 0.638, 0.732, 0.511, 0.708, 0.641, 0.62]  # fmt: skip
+
+
+def test_an_eot_loss_jittering_on_a_plateau_is_not_still_rising_but_a_climbing_one_is():
+    assert not reliability.still_rising(PLATEAU, noisy=True)
+    climbing = np.linspace(0.0, 1.0, 41) + np.random.default_rng(0).normal(0.0, 0.1, 41)
+    assert reliability.still_rising(list(climbing), noisy=True)
+    assert reliability.still_rising(PLATEAU, noisy=False)  # a deterministic loss keeps the strict rule
+
+
+def test_fgsm_breaking_more_counts_only_beyond_a_random_defenses_scatter():
+    attack = np.zeros((60, 3), dtype=bool)  # per sample and epsilon index, as the sweep counts: broken from then on
+    attack[:20, 1:] = attack[23, 1:] = True
+    fgsm = attack.copy()
+    fgsm[23, 1:] = False
+    fgsm[20:23, 1] = True  # index 1: FGSM 23, the attack 21; 4 samples only one of them broke
+    assert fgsm_excess(fgsm, attack, random_defense=False) == (2, None)
+    assert fgsm_excess(fgsm, attack, random_defense=True) == (0, 4)  # 2 <= 2 sqrt(4)
+    fgsm[24:40, 2] = True  # index 2: FGSM 36, the attack 21; 17 discordant, 8 allowed, 7 beyond
+    assert fgsm_excess(fgsm, attack, random_defense=True) == (7, 8)
+    checked = reliability.verdict("no-weaker-than-fgsm", 7, 60, 0.0, detail={"scatter": 8})
+    assert checked["status"] == "warn" and checked["scatter"] == 8 and "beyond the scatter" in checked["message"]
+
+
+def test_shards_add_up_the_gradient_free_breaks_a_second_set_of_draws_refuted():
+    def shard(count: int, own: int) -> list[dict]:
+        detail = {"standing": 4, "evaluated": 60, "own-draws-only": own}
+        return [reliability.curve([1.0, 0.5]), reliability.verdict("gradient-free-attack", count, 4, 0.02, detail=detail)]
+
+    merged = reliability.combine([shard(1, 2), shard(0, 1)], [1.0, 0.5], {})[-1]
+    assert (merged["count"], merged["samples"], merged["own-draws-only"]) == (1, 8, 3)
+    assert merged["value"] == pytest.approx(1 / 8 * 8 / 120) and "3 more fooled only the evaluation's own" in merged["message"]
 
 
 def test_an_undeclared_random_model_still_warns(classifier, assets):

@@ -39,6 +39,7 @@ STAGES: dict[str, type[Stage]] = {
     "bit-depth": BitDepth,
 }
 TIE_BREAK = 1e-3  # weight of the mean probability in the vote: it only orders classes with equal votes
+REDRAW_SEED = 7_777_777  # the second pattern set's seed offset: far from any neighbouring request seed
 
 
 def build_stages(defenses: list[dict[str, Any]], bounds: tuple[float, float], layout: str) -> list[Stage]:
@@ -60,6 +61,16 @@ class Defended(nn.Module):
         self.eot_draws, self.prediction_draws, self.seed = int(eot_draws), int(prediction_draws), int(seed)
         self._eot_generator: torch.Generator | None = None
         self._patterns: dict[tuple[int, str, tuple[int, ...]], torch.Tensor] = {}
+
+    def redrawn(self) -> Defended:
+        """The same defense voting over another, independent set of ``prediction_draws`` patterns.
+
+        The reliability checks' query attack searches against the evaluation's own patterns, and a break that
+        fools only those overfits the seeds that make predictions repeatable rather than the defense."""
+        return Defended(
+            self.model, list(self.stages), eot_draws=self.eot_draws, prediction_draws=self.prediction_draws,
+            seed=self.seed + REDRAW_SEED,
+        )  # fmt: skip
 
     def transform(self, x: torch.Tensor, noises: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         for i, stage in enumerate(self.stages):
