@@ -98,6 +98,13 @@ SCHEMAS: dict[str, Any] = {
             "count": nullable(COUNT),
             "samples": nullable(COUNT),
             "threshold": nullable(NUMBER),
+            "standing": {**COUNT, "description": "gradient-free-attack: samples the attack left standing at the largest epsilon"},
+            "evaluated": {**COUNT, "description": "gradient-free-attack: samples evaluated"},
+            "own-draws-only": {
+                **COUNT,
+                "description": "gradient-free-attack on a random defense: breaks that fooled only the evaluation's own draws",
+            },
+            "scatter": {**COUNT, "description": "no-weaker-than-fgsm, random defense: the excess allowed as the draws' scatter"},
         },
         "a reliability check: it warns when value exceeds threshold",
     ),
