@@ -74,7 +74,7 @@ def merged_output(parent: dict[str, Any], children: list[dict[str, Any]], result
     (``app.reliability.combine``: counts add up and are judged again; the curve is judged whole)."""
     import numpy as np
 
-    from .engine.attacks.base import SweepState
+    from .engine.attacks.state import SweepState
     from .engine.defenses.run import undefended_block
     from .engine.evaluation import SAMPLES, sec_level, sec_value, write_samples
     from .figures import figures

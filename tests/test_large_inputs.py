@@ -15,6 +15,7 @@ from torch import nn
 
 import app.engine.evaluation as evaluation
 from app import schemas
+from app.engine.checkpoint import CHECKPOINT
 from app.engine.data import H5Dataset
 from app.engine.rows import RowFile
 
@@ -117,7 +118,7 @@ def test_minimal_norm_anchors_live_in_a_row_file_and_survive_a_resume(big, tmp_p
     with pytest.raises(evaluation.StopRequested):
         evaluation.evaluate(req, model, dataset, work_dir=work, progress=lambda d, t: seen.append(d),
                             should_stop=lambda: bool(seen) and seen[-1] > 3 * 40)  # after the first epsilon's save
-    with np.load(work / evaluation.CHECKPOINT) as ck:
+    with np.load(work / CHECKPOINT) as ck:
         assert "anchor" not in ck.files and str(ck["anchor_file"]).startswith("anchor.")
         assert RowFile.open(work / str(ck["anchor_file"])).shape == (40, 3, SIDE, SIDE)
     resumed = evaluation.evaluate(req, model, dataset, work_dir=work)

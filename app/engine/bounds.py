@@ -1,7 +1,7 @@
 """Per-job bounds checked before an evaluation starts: disk for its checkpoint, memory for its batch.
 
 Disk: the warm-start perturbations live in a float32 row file of ``n_samples x sample_shape``
-(twice while an attempt copies an older one's, see ``evaluation.Checkpoint``); FMN and
+(twice while an attempt copies an older one's, see ``checkpoint.Checkpoint``); FMN and
 ``auto`` also keep a minimal-norm perturbation per sample in a second one. Not enough room (under
 the free space of the data directory, less a margin, and under ``MAX_JOB_DISK_MB``) fails
 the job with the numbers. Memory: one batch on the device costs about ``batch_size x``

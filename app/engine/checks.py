@@ -42,11 +42,12 @@ from torch import nn
 
 from .. import reliability
 from ..reliability import THRESHOLDS, verdict
-from .attacks.base import ArraySource, Attack, Context, Hooks, SweepState, verify
+from .attacks.base import Attack, Context, verify
 from .attacks.fgsm import FGSM
 from .attacks.geometry import clip_to_bounds, project
 from .attacks.random_search import RandomSearch
 from .attacks.square import Square
+from .attacks.state import ArraySource, Hooks, SweepState
 
 PROBE = 64
 HUGE_PROBE = 32

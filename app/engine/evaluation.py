@@ -5,7 +5,7 @@ The dataset is read one batch at a time, never whole, and the per-sample arrays
 the size of the samples (warm-start perturbations, FMN's anchors) are row files
 on disk (``rows.RowFile``), in the work directory or else a temporary one, so a
 job's memory depends on its batch, not on how many samples it evaluates.
-With a work directory it checkpoints after every epsilon, and a
+With a work directory it checkpoints after every epsilon (``.checkpoint``), and a
 re-run with the same request resumes from the last finished epsilon. Each
 attempt keeps its perturbations in a file of its own and asks ``owns()`` right
 before every checkpoint it writes, so an attempt that lost the job (a stalled
@@ -19,11 +19,7 @@ With ``defenses`` the job sweeps the undefended model first, then the defended o
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,15 +35,16 @@ from ..figures import figures
 from ..reliability import reliable
 from . import attacks, inspect_samples
 from . import checks as reliability_checks
-from .attacks.base import Hooks, StopRequested, SweepState
+from .attacks.base import StopRequested
+from .attacks.state import Hooks, SweepState
 from .bounds import Limits, OutOfMemory, activation_bytes, check_disk, fit_batch
+from .checkpoint import Checkpoint, always
 from .convcache import ConversionCache
 from .data import H5Dataset, select
 from .defenses import run as defense_run
 from .models import LogProbabilities, load_onnx, outputs_probabilities, pick_device
 from .rows import RowFile
 
-CHECKPOINT = "checkpoint.npz"
 PER_SAMPLE_RAM = 64  # bytes: index, label, outcome, norms (and a minimal norm) per evaluated sample
 PER_SAMPLE_EPSILON_RAM = 4  # bytes per evaluated sample and epsilon: the true-class confidence (float32)
 SAMPLES = "samples.npz"
@@ -66,12 +63,6 @@ class SubsetSource:
         return self.data.read(self.indexes[positions])
 
 
-def fingerprint(request: dict[str, Any]) -> str:
-    """What must match for a checkpoint to be resumed: the whole normalized request
-    (the batch size too, since random draws are seeded per batch)."""
-    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-
-
 def sec_value(x: list[float], y: list[float]) -> float:
     """Area under the accuracy-vs-epsilon curve over [0, max epsilon], normalized to [0, 1]."""
     if len(x) < 2 or x[-1] <= 0:
@@ -83,99 +74,6 @@ def sec_value(x: list[float], y: list[float]) -> float:
 def sec_level(value: float) -> str:
     """``low`` below 1/3, ``medium`` below 2/3, ``high`` otherwise (the curve's normalized area)."""
     return "low" if value < 1 / 3 else "medium" if value < 2 / 3 else "high"
-
-
-def _always() -> bool:
-    return True
-
-
-class Checkpoint:
-    """Per-epsilon checkpoint in a work directory; the warm-start deltas (and FMN's anchors) live
-    in row files beside it (:class:`RowFile`), read and written one batch at a time.
-
-    Each attempt (``tag``) writes its own ``delta.<tag>.npy`` and ``anchor.<tag>.npy`` (a resumed
-    attempt copies the checkpoint's) and its own temporary checkpoint, renamed over ``checkpoint.npz``
-    only if ``owns()`` still says so right before: a stale attempt never touches the files of
-    the attempt that replaced it.
-    """
-
-    def __init__(self, work_dir: Path, request: dict[str, Any], tag: str = "local", owns: Callable[[], bool] = _always) -> None:
-        self.dir = work_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.print = fingerprint(request)
-        tag = re.sub(r"[^A-Za-z0-9-]", "", tag)[:64] or "local"
-        self.delta_path = self.dir / f"delta.{tag}.npy"
-        self.anchor_path = self.dir / f"anchor.{tag}.npy"
-        self.tmp_path = self.dir / f"checkpoint.{tag}.tmp.npz"
-        self.owns = owns
-
-    def _adopt(self, name: str, mine: Path) -> RowFile:
-        """This attempt's own copy of a row file the checkpoint names (the older attempt may still write to its own)."""
-        source = self.dir / name
-        if source != mine:
-            shutil.copyfile(source, self.tmp_path.with_suffix(".npy"))
-            os.replace(self.tmp_path.with_suffix(".npy"), mine)
-        return RowFile.open(mine)
-
-    def load_or_create(self, n: int, shape: tuple[int, ...], n_eps: int) -> tuple[SweepState, bool]:
-        path = self.dir / CHECKPOINT
-        if path.exists():
-            with np.load(path, allow_pickle=False) as ck:
-                name = str(ck["delta_file"]) if "delta_file" in ck.files else "delta.npy"
-                anchor_name = str(ck["anchor_file"]) if "anchor_file" in ck.files else None
-                usable = str(ck["fingerprint"]) == self.print and ck["broken_at"].shape == (n,) and (self.dir / name).is_file()
-                if usable and (anchor_name is None or (self.dir / anchor_name).is_file()):
-                    delta = self._adopt(name, self.delta_path)
-                    if delta.shape == (n, *shape):
-                        state = SweepState(
-                            ck["broken_at"].copy(), ck["norms"].copy(), delta, int(ck["next_k"]), bool(ck["prepared"])
-                        )
-                        # A checkpoint from before the confidences were kept resumes without them (figures: null).
-                        state.true_conf = ck["true_conf"].copy() if "true_conf" in ck.files else None
-                        if anchor_name is not None or "anchor" in ck.files:  # the latter: before anchors had a file
-                            state.min_norm = ck["min_norm"].copy()
-                            if anchor_name is not None:
-                                state.anchor = self._adopt(anchor_name, self.anchor_path)
-                            else:
-                                state.anchor = RowFile.from_array(self.anchor_path, ck["anchor"])
-                        return state, True
-                    delta.close()
-        return SweepState.empty(n, shape, n_eps, delta=RowFile.create(self.delta_path, n, shape)), False
-
-    def save(self, state: SweepState) -> None:
-        extra: dict[str, Any] = {}
-        if isinstance(state.delta, RowFile):
-            state.delta.flush()
-        if isinstance(state.anchor, RowFile):
-            state.anchor.flush()
-            extra = {"anchor_file": state.anchor.path.name, "min_norm": state.min_norm}
-        elif state.anchor is not None:
-            extra = {"anchor": state.anchor, "min_norm": state.min_norm}
-        if state.true_conf is not None:
-            extra["true_conf"] = state.true_conf
-        np.savez(
-            self.tmp_path,
-            fingerprint=self.print,
-            broken_at=state.broken_at,
-            norms=state.norms,
-            next_k=state.next_k,
-            prepared=state.prepared,
-            delta_file=self.delta_path.name,
-            **extra,
-        )
-        if not self.owns():
-            self.tmp_path.unlink(missing_ok=True)
-            raise StopRequested
-        self.tmp_path.replace(self.dir / CHECKPOINT)
-        for pattern, mine in (("delta.*.npy", self.delta_path), ("anchor.*.npy", self.anchor_path)):
-            for older in self.dir.glob(pattern):  # no longer named by the checkpoint
-                if older != mine:
-                    older.unlink(missing_ok=True)
-
-    def finish(self) -> None:
-        for pattern in ("checkpoint*.npz", "delta*.npy", "anchor*.npy"):
-            for path in self.dir.glob(pattern):
-                path.unlink(missing_ok=True)
 
 
 def evaluate(
@@ -238,7 +136,7 @@ def evaluate(
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
         attacked = defense.model if defense else model  # the batch must fit the defended model's draws
         _preflight(attack, attacked, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
-        checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or _always) if work_dir else None
+        checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or always) if work_dir else None
         resumed = False
         if checkpoint:
             state, resumed = checkpoint.load_or_create(len(source), data.shape, len(epsilons))
@@ -254,7 +152,7 @@ def evaluate(
         )
         undefended = undefended_checkpoint = None
         if defense:  # the undefended curve first, then the defended model with the attack that faces it
-            factory = (lambda d, r: Checkpoint(d, r, attempt_tag, owns or _always)) if checkpoint else None
+            factory = (lambda d, r: Checkpoint(d, r, attempt_tag, owns or always)) if checkpoint else None
             undefended, undefended_checkpoint = defense_run.undefended_sweep(
                 request, build_attack, attack.batch_size, model, source, epsilons, (lb, ub), hooks, dev, data.shape,
                 rows_dir, factory,
@@ -354,7 +252,7 @@ def evaluate(
         if owns is not None and not owns():
             raise StopRequested
         write_samples(work_dir, arrays)
-        if inspection and not samples.write(work_dir, inspection.index, inspection.images, attempt_tag, owns or _always):
+        if inspection and not samples.write(work_dir, inspection.index, inspection.images, attempt_tag, owns or always):
             raise StopRequested
         checkpoint.finish()
         if undefended_checkpoint:

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from .. import images
-from .attacks.base import Attack, Context, StopRequested, SweepState, verify
+from .attacks.base import Attack, Context, StopRequested, verify
 from .attacks.fmn import minimal_norm
 from .attacks.geometry import clip_to_bounds, lp_norm, project
+from .attacks.state import SweepState
 from .attacks.trace import Trace
 from .attribution import METHOD, integrated_gradients
 

@@ -11,12 +11,13 @@ from typing import Any
 from ..bounds import OutOfMemory, is_out_of_memory
 from .apgd import APGD
 from .auto import Auto
-from .base import ArraySource, Attack, Context, Hooks, StopRequested, SweepState
+from .base import Attack, Context, StopRequested
 from .fgm_minimal import FGMMinimal
 from .fgsm import FGSM
 from .fmn import FMN
 from .noise import Noise
 from .pgd import PGD
+from .state import ArraySource, Hooks, SweepState
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "pgd": PGD, "apgd": APGD, "fmn": FMN, "auto": Auto, "noise": Noise, "fgm-minimal": FGMMinimal,

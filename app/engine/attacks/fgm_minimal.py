@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Attack, Context, Hooks, Source, SweepState, verify
+from .base import Attack, Context, verify
 from .geometry import Bounds, clip_to_bounds, lp_norm, project, steepest_direction
 from .losses import cross_entropy
 from .minimal import search_minimal_norms
+from .state import Hooks, Source, SweepState
 
 
 def grid(epsilons: list[float], steps: int) -> list[float]:

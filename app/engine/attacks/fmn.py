@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Attack, Bounds, Context, Hooks, Source, SweepState
+from .base import Attack, Bounds, Context
 from .geometry import batch_view, clip_to_bounds, lp_norm, project, steepest_direction
 from .losses import margin
 from .minimal import search_minimal_norms
+from .state import Hooks, Source, SweepState
 
 DUAL = {"linf": 1, "l2": 2}
 

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Attack, Context, Hooks, Source, SweepState
+from .base import Attack, Context
 from .geometry import Bounds
+from .state import Hooks, Source, SweepState
 
 # (ctx, x, y) -> (the perturbation found per sample, its norm; inf where the search found none)
 Search = Callable[[Context, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

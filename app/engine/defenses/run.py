@@ -20,7 +20,8 @@ import numpy as np
 from torch import nn
 
 from ...defense_catalog import is_random
-from ..attacks.base import Attack, Hooks, SweepState
+from ..attacks.base import Attack
+from ..attacks.state import Hooks, SweepState
 from ..rows import RowFile
 from . import describe, wrap
 from .transfer import Transfer
