@@ -64,6 +64,14 @@ def test_defended_evaluation_from_the_form_shows_both_curves_the_defenses_and_th
     assert css(d, "#defense-add")[0].is_enabled()
     assert [e.get_attribute("value") for e in css(d, "select.defense-name")] == ["bit-depth", "spatial-smoothing"]
 
+    # Moving a row renames its fields after its new position (errors name stages by position), values kept.
+    css(d, ".defense-row:nth-child(2) .defense-up")[0].click()
+    assert [e.get_attribute("value") for e in css(d, "select.defense-name")] == ["spatial-smoothing", "bit-depth"]
+    assert css(d, "[name='defenses[0].window']") and css(d, "[data-error-for='defenses[1].bits']")
+    assert [e.text for e in css(d, ".defense-label")] == ["Defense 1", "Defense 2"]
+    css(d, ".defense-row:nth-child(2) .defense-up")[0].click()
+    assert css(d, "[name='defenses[0].bits']")[0].get_attribute("value") == "4"
+
     # A hostile window: the API's 400 appears next to the second row's window, and no job is made.
     jobs = count(server)
     fill(d, "[name='defenses[1].window']", "4")
@@ -108,5 +116,6 @@ def test_defended_evaluation_from_the_form_shows_both_curves_the_defenses_and_th
     cells = [[c.text for c in r.find_elements("css selector", "td")] for r in css(d, "#per-epsilon tbody tr")]
     assert [c[2] for c in cells] == [f"{y * 100:.1f}%" for y in bare["y-values"]]
     assert [c[1] for c in cells] == [f"{y * 100:.1f}%" for y in output["sec-curve"]["y-values"]]
+    wait_for(lambda: css(d, "#report")[0].is_displayed(), 60, "the report")
     screenshot(d, "evaluation-defended")
     assert console_errors(d) == []
