@@ -1,6 +1,6 @@
 // One evaluation: its status and progress, polled from the API while it runs; then the curve (with the
-// undefended one beside it when the model was defended), the figures and checks, the downloads (JSON, CSV, PNG, SVG), the report (fetched with the key and shown
-// in a sandboxed srcdoc iframe) and a delete button.
+// undefended one beside it when the model was defended), the figures and checks, the downloads (JSON,
+// CSV, PNG, SVG), the report (fetched with the key and shown in a sandboxed srcdoc iframe) and a delete button.
 
 import { ApiError, api, badge, download, el, fileLabel, fileNames, fmtTime, missingEndpoint, pct, progressOf, say } from "./common.js";
 import { chart, seriesOf } from "./curve.js";
@@ -65,7 +65,8 @@ function showResult(output) {
   const bare = undefendedOf(output);
   if (bare) showDefenses(headline, output, bare);
   document.getElementById("curve").replaceChildren(chart(bare
-    ? [seriesOf(output, `${attack}, defended: ${defensesLabel(output.defenses)}`), { ...seriesOf(bare, "undefended"), color: UNDEFENDED, dash: "6 4" }]
+    ? [seriesOf(output, `${attack}, defended: ${defensesLabel(output.defenses)}`),
+      { ...seriesOf(bare, "undefended"), color: UNDEFENDED, dash: "6 4" }]
     : [seriesOf(output, attack)]));
   const checks = document.getElementById("checks");
   checks.replaceChildren();
