@@ -43,7 +43,8 @@ function ticks(max, count) {
   return out;
 }
 
-/** A chart of several series [{label, x, y, lo, hi}] (lo/hi: the interval band, optional). */
+/** A chart of several series [{label, x, y, lo, hi, color, dash}] (lo/hi: the interval band; color, dash:
+ *  a stroke colour and an SVG dash pattern; all optional). */
 export function chart(series, { width = 640, height = 340, xLabel = "epsilon (fraction of the input range)" } = {}) {
   const m = { left: 52, right: 16, top: 14, bottom: 44 };
   const root = svg("svg", { class: "chart-svg", viewBox: `0 0 ${width} ${height}`, role: "img" });
@@ -71,7 +72,8 @@ export function chart(series, { width = 640, height = 340, xLabel = "epsilon (fr
       const band = points(s.x, s.hi, sx, sy) + " " + points([...s.x].reverse(), [...s.lo].reverse(), sx, sy);
       root.append(svg("polygon", { points: band, fill: color, "fill-opacity": 0.15, stroke: "none", class: "band" }));
     }
-    root.append(svg("polyline", { points: points(s.x, s.y, sx, sy), fill: "none", stroke: color, "stroke-width": 2, class: "series" }));
+    const dash = s.dash ? { "stroke-dasharray": s.dash } : {};
+    root.append(svg("polyline", { points: points(s.x, s.y, sx, sy), fill: "none", stroke: color, "stroke-width": 2, class: "series", ...dash }));
     s.x.forEach((x, k) => {
       const dot = svg("circle", { cx: sx(x).toFixed(1), cy: sy(s.y[k]).toFixed(1), r: 3, fill: color });
       dot.append(svg("title", {}, `${s.label}: epsilon ${x}, accuracy ${s.y[k].toFixed(3)}`));

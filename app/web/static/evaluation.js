@@ -1,14 +1,16 @@
-// One evaluation: its status and progress, polled from the API while it runs; then the curve, the
-// figures and checks, the downloads (JSON, CSV, PNG, SVG), the report (fetched with the key and shown
-// in a sandboxed srcdoc iframe) and a delete button.
+// One evaluation: its status and progress, polled from the API while it runs; then the curve (with the
+// undefended one beside it when the model was defended), the figures and checks, the downloads (JSON,
+// CSV, PNG, SVG), the report (fetched with the key and shown in a sandboxed srcdoc iframe) and a delete button.
 
 import { ApiError, api, badge, download, el, fileLabel, fileNames, fmtTime, missingEndpoint, pct, progressOf, say } from "./common.js";
 import { chart, seriesOf } from "./curve.js";
+import { defensesLabel, stageLabel } from "./defenses.js";
 
 const jobId = document.getElementById("main").dataset.job;
 const base = `/api/security_evaluations/${encodeURIComponent(jobId)}`;
 const message = document.getElementById("job-message");
 const POLL_MS = 1000;
+const UNDEFENDED = "#57606a";
 const DOWNLOADS = {
   json: [`${base}/output`, "evaluation.json"],
   csv: [`${base}/output/csv`, "evaluation.csv"],
@@ -28,6 +30,7 @@ function showStatus(view) {
   fact(facts, "model", fileLabel(names, req["trained-model"]));
   fact(facts, "dataset", fileLabel(names, req.dataset));
   fact(facts, "attack", `${req.attack} (${req.norm})`, " ", el("code", {}, JSON.stringify(req["attack-params"] || {})));
+  if (Array.isArray(req.defenses) && req.defenses.length) fact(facts, "defenses", defensesLabel(req.defenses));
   fact(facts, "budgets", (req["perturbation-values"] || []).join(", "));
   fact(facts, "mode", req["evaluation-mode"] || "");
   fact(facts, "created", fmtTime(view.created_at));
@@ -58,7 +61,13 @@ function showResult(output) {
     fact(headline, "reliable", el("span", { class: `badge ${output.reliable ? "pass" : "warn"}` },
       output.reliable ? "yes: every check passes" : "no: a check warns (below)"));
   }
-  document.getElementById("curve").replaceChildren(chart([seriesOf(output, `${output.attack?.name || "attack"} ${output.attack?.norm || ""}`)]));
+  const attack = `${output.attack?.name || "attack"} ${output.attack?.norm || ""}`;
+  const bare = undefendedOf(output);
+  if (bare) showDefenses(headline, output, bare);
+  document.getElementById("curve").replaceChildren(chart(bare
+    ? [seriesOf(output, `${attack}, defended: ${defensesLabel(output.defenses)}`),
+      { ...seriesOf(bare, "undefended"), color: UNDEFENDED, dash: "6 4" }]
+    : [seriesOf(output, attack)]));
   const checks = document.getElementById("checks");
   checks.replaceChildren();
   if (Array.isArray(output.checks)) {
@@ -67,16 +76,41 @@ function showResult(output) {
   }
   const rows = output.figures?.["per-epsilon"];
   const perEps = document.getElementById("per-epsilon");
+  // With defenses, the bare model's accuracy at the same epsilon follows the defended one.
+  const extra = (cells, cell) => (bare ? [...cells.slice(0, 2), cell, ...cells.slice(2)] : cells);
+  const bareAt = (eps) => pct(bare?.accuracy.get(eps));
   if (Array.isArray(rows)) {
     const ci = (r) => (Array.isArray(r["accuracy-ci95"]) ? `${pct(r["accuracy-ci95"][0])} – ${pct(r["accuracy-ci95"][1])}` : "–");
     perEps.replaceChildren(el("h3", {}, "Per epsilon"), table(
-      ["epsilon", "accuracy", "95% interval", "attack success", "true-class confidence", "samples"],
-      rows.map((r) => [String(r.epsilon), pct(r.accuracy), ci(r), pct(r["attack-success-rate"]), pct(r["mean-true-confidence"]), String(r.n ?? "")])));
+      extra(["epsilon", "accuracy", "95% interval", "attack success", "true-class confidence", "samples"], "undefended"),
+      rows.map((r) => extra([String(r.epsilon), pct(r.accuracy), ci(r), pct(r["attack-success-rate"]),
+        pct(r["mean-true-confidence"]), String(r.n ?? "")], bareAt(r.epsilon)))));
   } else {
     const curve = output["sec-curve"] || {};
-    perEps.replaceChildren(el("h3", {}, "Curve"), table(["epsilon", "accuracy"],
-      (curve["x-values"] || []).map((x, i) => [String(x), pct(curve["y-values"][i])])));
+    perEps.replaceChildren(el("h3", {}, "Curve"), table(extra(["epsilon", "accuracy"], "undefended"),
+      (curve["x-values"] || []).map((x, i) => extra([String(x), pct(curve["y-values"][i])], bareAt(x)))));
   }
+}
+
+/** The output's undefended sweep (a defended evaluation's only), with its accuracy by epsilon; else null. */
+function undefendedOf(output) {
+  const bare = output.undefended;
+  const curve = bare && typeof bare === "object" ? bare["sec-curve"] : null;
+  if (!curve || !Array.isArray(curve["x-values"]) || !Array.isArray(curve["y-values"])) return null;
+  return { ...bare, accuracy: new Map(curve["x-values"].map((x, i) => [x, curve["y-values"][i]])) };
+}
+
+/** The headline of a defended evaluation: its stages with their parameters, how it was attacked, and
+ *  the bare model's figures on the same samples. */
+function showDefenses(headline, output, bare) {
+  const stages = Array.isArray(output.defenses) ? output.defenses : [];
+  fact(headline, "defenses", el("ol", { class: "stages" }, stages.map((d) =>
+    el("li", {}, stageLabel(d), d.random ? " (random: majority vote over draws; attacked with EOT)" : ""))));
+  const adaptive = output["defense-params"]?.adaptive !== false;
+  fact(headline, "adaptive", el("span", { class: `badge ${adaptive ? "pass" : "warn"}` }, adaptive
+    ? "yes: attacked through the defenses" : "no: perturbations transferred from the undefended model (overstates the defense)"));
+  fact(headline, "undefended", `clean accuracy ${pct(bare["clean-accuracy"])}, sec-value ${(bare["sec-value"] ?? 0).toFixed(3)} `
+    + `(${bare["sec-level"] || ""})`);
 }
 
 async function showReport() {

@@ -1,8 +1,10 @@
-// The form: pick or upload a model and a dataset, pick the attack, norm, budgets and mode, submit.
+// The form: pick or upload a model and a dataset, pick the attack, norm, budgets, defenses and mode, submit.
 // Values go to the API as typed (numbers when they read as numbers): the API judges them, and its
 // error appears next to the field it names.
 
 import { ApiError, api, clearErrors, el, missingEndpoint, say, showError } from "./common.js";
+import { defenseForm } from "./defenses.js";
+import { paperOf, paramField, paramValues, specOf } from "./params.js";
 
 const form = document.getElementById("evaluation-form");
 const general = document.getElementById("form-message");
@@ -10,6 +12,7 @@ const fallback = JSON.parse(document.getElementById("fallback-attacks").textCont
 const NUMBER = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
 const WAITING = { model: "verifying", dataset: "validating" };
 let attacks = [];
+let defenseRequest = () => ({});  // {defenses, defense-params} once the Defenses fieldset is set up
 
 /** A typed value: a number when it reads as one, else the text itself (so the API names the field). */
 function value(text) {
@@ -71,52 +74,16 @@ async function upload(kind, input) {
 function normalize(answer) {
   const raw = Array.isArray(answer) ? answer : answer.attacks;
   const items = Array.isArray(raw) ? raw : Object.entries(raw || {}).map(([name, spec]) => ({ name, ...spec }));
-  return items.map((a) => {
-    let params = a.parameters || a.params || a["attack-params"] || {};
-    if (Array.isArray(params)) params = Object.fromEntries(params.map((p) => [p.name, p]));
-    const spec = Object.fromEntries(Object.entries(params).map(([k, p]) =>
-      [k, p !== null && typeof p === "object" && !Array.isArray(p) ? p : { default: p }]));
-    return { name: a.name || a.id, title: a.title, paper: a.paper, description: a.description, parameters: spec,
-      random: a["perturbation-type"] === "random" };
-  }).filter((a) => a.name);
-}
-
-function paramField(attack, name, spec) {
-  const id = `param-${name}`;
-  const field = `attack-params.${name}`;
-  const hint = [spec.description, spec.range && `range ${JSON.stringify(spec.range)}`,
-    spec.minimum !== undefined && spec.minimum !== null && `${spec["exclusive-minimum"] ? "above" : "min"} ${spec.minimum}`,
-    spec.maximum !== undefined && spec.maximum !== null && `max ${spec.maximum}`,
-    Array.isArray(spec.choices) && `one of ${spec.choices.join(", ")}`].filter(Boolean).join("; ");
-  let input;
-  if (typeof spec.default === "boolean") {
-    input = el("input", { id, name: field, type: "checkbox", checked: spec.default, dataset: { param: name, kind: "bool" } });
-  } else if (Array.isArray(spec.choices)) {
-    input = el("select", { id, name: field, dataset: { param: name } },
-      spec.choices.map((c) => el("option", { value: c, selected: c === spec.default }, c)));
-  } else {
-    input = el("input", { id, name: field, type: "text", value: spec.default ?? "", dataset: { param: name }, spellcheck: "false" });
-  }
-  return el("div", { class: "field" }, el("label", { for: id }, name), input,
-    hint ? el("span", { class: "hint" }, hint) : null,
-    el("span", { class: "field-error", "data-error-for": field }));
+  return items.map((a) => ({ name: a.name || a.id, title: a.title, paper: a.paper, description: a.description,
+    parameters: specOf(a.parameters || a.params || a["attack-params"]), random: a["perturbation-type"] === "random" }))
+    .filter((a) => a.name);
 }
 
 function showParams() {
   const attack = selectedAttack();
   const box = document.getElementById("attack-params");
-  box.replaceChildren(...Object.entries(attack ? attack.parameters : {}).map(([n, s]) => paramField(attack, n, s)));
+  box.replaceChildren(...Object.entries(attack ? attack.parameters : {}).map(([n, s]) => paramField(n, s)));
   document.getElementById("attack-info").replaceChildren(...(attack ? [attack.description || "", " ", paperOf(attack.paper)] : []));
-}
-
-/** A paper as text, linked when the catalogue gives an https URL. */
-function paperOf(paper) {
-  if (!paper) return "";
-  if (typeof paper !== "object") return `(${paper})`;
-  const cite = [paper.authors, paper.venue].filter(Boolean).join(", ");
-  const title = /^https:\/\//.test(paper.url || "")
-    ? el("a", { href: paper.url, target: "_blank", rel: "noopener noreferrer" }, paper.title || paper.url) : paper.title || "";
-  return el("span", {}, "(", title, cite ? `, ${cite}` : "", ")");
 }
 
 function selectedAttack() {
@@ -124,12 +91,15 @@ function selectedAttack() {
 }
 
 async function loadAttacks() {
+  let answer = null;
   try {
-    attacks = normalize(await api("/api/attacks"));
+    answer = await api("/api/attacks");
+    attacks = normalize(answer);
   } catch (err) {
     if (!missingEndpoint(err)) throw err;
     attacks = [];
   }
+  defenseRequest = defenseForm(answer, value);
   if (!attacks.length) attacks = normalize(fallback);
   const select = document.getElementById("attack");
   select.replaceChildren(...attacks.map((a) => el("option", { value: a.name, selected: a.name === "pgd" },
@@ -149,12 +119,7 @@ function request() {
     "perturbation-values": list(form.elements["perturbation-values"].value),
     "evaluation-mode": form.querySelector("input[name=evaluation-mode]:checked").value,
   };
-  const params = {};
-  for (const input of document.querySelectorAll("#attack-params [data-param]")) {
-    if (input.dataset.kind === "bool") params[input.dataset.param] = input.checked;
-    else if (input.value.trim() !== "") params[input.dataset.param] = value(input.value);
-  }
-  body["attack-params"] = params;
+  body["attack-params"] = paramValues(document.getElementById("attack-params"), value);
   if (selectedAttack()?.random) {  // the noise baseline is a perturbation type, not an attack
     body["perturbation-type"] = "random";
     delete body.attack;
@@ -170,7 +135,7 @@ function request() {
     if (text.trim()) body[name] = value(text);
   }
   if (form.elements["input-bounds"].value.trim()) body["input-bounds"] = list(form.elements["input-bounds"].value);
-  return body;
+  return Object.assign(body, defenseRequest());
 }
 
 form.addEventListener("submit", async (event) => {
