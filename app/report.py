@@ -225,6 +225,7 @@ def render(
         record=record,
         summary=summary(output, names, checks),
         rows=results.rows(output),
+        defended=results.undefended(output) is not None,
         full=full,
         classes=results.classes(output),
         class_counts=(output.get("figures") or {}).get("class-counts") or [] if full else [],

@@ -32,8 +32,10 @@ def rows(output: dict[str, Any]) -> list[dict[str, Any]]:
 
     Keys: epsilon, epsilon-absolute, n, accuracy, accuracy-ci95 (a pair; estimated from accuracy and n
     for an old output, see ``estimated``), attack-success-rate(-ci95), mean-true-confidence,
-    per-class-accuracy (None where the output does not have them)."""
+    per-class-accuracy, undefended-accuracy (a defended evaluation's bare model on the same samples)
+    (None where the output does not have them)."""
     curve = output.get("sec-curve") or {}
+    bare_ys = list(((undefended(output) or {}).get("sec-curve") or {}).get("y-values") or [])
     xs, ys = list(curve.get("x-values") or []), list(curve.get("y-values") or [])
     absolute = (output.get("attack") or {}).get("epsilons-absolute") or []
     n = output.get("n-samples")
@@ -58,6 +60,7 @@ def rows(output: dict[str, Any]) -> list[dict[str, Any]]:
                 "attack-success-rate-ci95": _pair(fig.get("attack-success-rate-ci95")),
                 "mean-true-confidence": fig.get("mean-true-confidence"),
                 "per-class-accuracy": fig.get("per-class-accuracy"),
+                "undefended-accuracy": bare_ys[k] if k < len(bare_ys) else None,
             }
         )
     return out
@@ -87,11 +90,10 @@ def csv_text(output: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
-    bare_ys = list((bare or {}).get("sec-curve", {}).get("y-values") or [])
-    for k, row in enumerate(table):
+    for row in table:
         cells = [row["epsilon"], row["epsilon-absolute"], row["n"], row["accuracy"]]
         if bare is not None:
-            cells.append(bare_ys[k] if k < len(bare_ys) else None)
+            cells.append(row["undefended-accuracy"])
         if full:
             cells += [*row["accuracy-ci95"], row["attack-success-rate"], *row["attack-success-rate-ci95"]]
             cells.append(row["mean-true-confidence"])

@@ -13,13 +13,15 @@ from PIL import Image
 
 from app import reliability, schemas
 from app.defense_catalog import describe, json_schema, validate_defense_params, validate_defenses
+from app.engine.assets import write_h5
 from app.engine.attacks.fgm_minimal import grid
 from app.engine.attacks.geometry import clip_to_bounds, project, steepest_direction
+from app.engine.bounds import Limits
 from app.engine.checks import fgsm_excess
 from app.engine.defenses import Defended, build_stages
 from app.engine.evaluation import evaluate
 from app.engine.models import load_onnx
-from app.exceptions import ValidationError
+from app.exceptions import EvaluationError, ValidationError
 
 SAMPLES = list(range(40))  # of the 120 validation digits: the engine tests' budget
 
@@ -203,6 +205,22 @@ def test_randomized_defense_evaluated_adaptively_passes_the_reliability_checks(a
     if gf["samples"]:  # some sample left standing at 0.2 (on each of 40 trainings, 2 to 13 of 120)
         assert 0 <= gf["own-draws-only"] <= gf["samples"] - gf["count"]
         assert "second, independent set of the random defense's draws" in gf["message"]
+
+
+def test_a_defended_job_checks_disk_for_both_sweeps_checkpoints(assets, tmp_path):
+    """The undefended sweep's checkpoint stays (a resume skips that sweep) while the defended one writes its own:
+    under a 1 MB cap, 1,200 samples of 8x8 fit one sweep's files (0.68 MB) but not two (1.36 MB)."""
+    data = write_h5(tmp_path / "big.h5", np.tile(assets.x, (10, 1, 1, 1)), np.tile(assets.y, 10), n_classes=10)
+    fields = {"indexes": None, "attack": "fgsm", "perturbation-values": [0.0, 0.1]}
+    cap = Limits(disk_mb=1)
+    bare = evaluate(request([], **fields), assets.model, data, device="cpu", work_dir=tmp_path / "bare", limits=cap)
+    assert bare["n-samples"] == 1200
+    with pytest.raises(EvaluationError) as err:
+        evaluate(request([{"name": "bit-depth"}], **fields), assets.model, data, device="cpu", work_dir=tmp_path / "defended",
+                 limits=cap)  # fmt: skip
+    assert "not enough disk" in err.value.message and "two sweeps (undefended and defended)" in err.value.message
+    assert err.value.details == {"disk-needed-mb": 1.4, "disk-limit-mb": 1}
+    assert not list((tmp_path / "defended").rglob("*.np[yz]"))  # refused before a file was written
 
 
 # A real EOT loss (PGD, 40 steps, 8 draws, gaussian-noise sigma 0.1) on a sample the attack failed on: it climbs for

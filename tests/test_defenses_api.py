@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
+from app.report import percent
 from conftest import submit, wait_status
 
 BASE = "/api/security_evaluations"
@@ -52,6 +54,9 @@ def test_a_defended_evaluation_shows_both_curves_and_the_adaptive_attack_is_stro
     assert "undefended model" in plot and "bit-depth (bits 3), attacked adaptively" in plot
     html = client.get(f"{BASE}/{job_id}/report").get_data(as_text=True)
     assert "These numbers are the defended model" in html and "Without the defenses" in html
+    assert "<th>accuracy</th><th>undefended accuracy</th>" in html  # the report's table has both, row by row
+    row = re.search(r"<tr><td>0\.2</td>(.*?)</tr>", html, re.S).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row)[1:3] == [percent(ys_adaptive[-1]), percent(bare["sec-curve"]["y-values"][-1])]
 
 
 def test_defenses_are_listed_and_hostile_ones_are_a_400_naming_the_field(client):

@@ -53,20 +53,23 @@ def megabytes(n: float) -> str:
     return f"{n / MB:.1f} MB"
 
 
-def disk_needed(n: int, sample_shape: tuple[int, ...], minimal_norm: bool, n_eps: int = 0) -> int:
-    """Bytes of checkpoint files one job may hold at once."""
+def disk_needed(n: int, sample_shape: tuple[int, ...], minimal_norm: bool, n_eps: int = 0, sweeps: int = 1) -> int:
+    """Bytes of checkpoint files one job may hold at once (``sweeps``: a defended job keeps the undefended
+    sweep's checkpoint, so a resume can skip it, while the defended sweep writes its own)."""
     per_sample = math.prod(sample_shape) * 4
     perturbations = 2 * n * per_sample  # this attempt's memmap, and an older one's until the first save
     anchors = 2 * n * per_sample if minimal_norm else 0  # the same for the anchors' row file
     confidences = 2 * 4 * n * n_eps  # the true-class confidence per sample and epsilon: checkpoint, samples.npz
-    return perturbations + anchors + 64 * n + confidences  # per-sample outcomes, samples.npz
+    return sweeps * (perturbations + anchors + 64 * n + confidences)  # per-sample outcomes, samples.npz
 
 
-def check_disk(work_dir: Path, n: int, sample_shape: tuple[int, ...], minimal_norm: bool, limits: Limits, n_eps: int = 0) -> int:
+def check_disk(
+    work_dir: Path, n: int, sample_shape: tuple[int, ...], minimal_norm: bool, limits: Limits, n_eps: int = 0, sweeps: int = 1
+) -> int:
     """Raise ``EvaluationError`` naming the numbers when the job's files would not fit; returns the need.
     Row files are sparse, so this bounds what a job may come to use, not what it takes at once."""
-    need = disk_needed(n, sample_shape, minimal_norm, n_eps)
-    what = f"{n} samples of shape {list(sample_shape)}"
+    need = disk_needed(n, sample_shape, minimal_norm, n_eps, sweeps)
+    what = f"{n} samples of shape {list(sample_shape)}" + (" in two sweeps (undefended and defended)" if sweeps > 1 else "")
     if limits.disk_mb and need > limits.disk_mb * MB:
         raise EvaluationError(
             f"not enough disk: the checkpoint of {what} needs {megabytes(need)}, over the per-job limit "

@@ -135,7 +135,8 @@ def evaluate(
         attack = build_attack()
         rows_dir = work_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="secev-rows-")))
         attacked = defense.model if defense else model  # the batch must fit the defended model's draws
-        _preflight(attack, attacked, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons))
+        sweeps = 2 if defense else 1
+        _preflight(attack, attacked, source, data.shape, dev, rows_dir, limits or Limits(), len(epsilons), sweeps)
         checkpoint = Checkpoint(work_dir, request, attempt_tag, owns or always) if work_dir else None
         resumed = False
         if checkpoint:
@@ -271,14 +272,16 @@ def write_samples(work_dir: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _preflight(
-    attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits, n_eps: int = 1
-) -> None:
-    """Disk for the row files (and checkpoint), then the largest batch (at most the requested one) that fits in memory."""
+    attack, model, source: SubsetSource, shape: tuple[int, ...], dev, rows_dir: Path, limits: Limits, n_eps: int = 1,
+    sweeps: int = 1,
+) -> None:  # fmt: skip
+    """Disk for the row files (and checkpoints, of ``sweeps`` sweeps), then the largest batch (at most the
+    requested one) that fits in memory."""
     n, sample_bytes = len(source), int(np.prod(shape)) * 4
     if n == 0:
         return
     rows_dir.mkdir(parents=True, exist_ok=True)
-    check_disk(rows_dir, n, shape, attack.prepare_weight > 0, limits, n_eps)
+    check_disk(rows_dir, n, shape, attack.prepare_weight > 0, limits, n_eps, sweeps)
     fixed = n * (PER_SAMPLE_RAM + PER_SAMPLE_EPSILON_RAM * n_eps)  # only the small per-sample arrays stay in RAM
     x1, _ = source.read(np.arange(1))
     act = activation_bytes(model, torch.from_numpy(x1).to(dev))
