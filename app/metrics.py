@@ -2,7 +2,8 @@
 
 The worker adds to a few hashes in Redis when a job ends (:func:`job_ended`, one call in
 ``app.jobs``); the API's :class:`RedisCollector` reads them, with the live figures (evaluations
-queued or running, the RQ queue's length, live workers), on every scrape. Nothing is kept in the
+queued or running, the RQ queue's length, live workers, and the same two per attack plugin queue),
+on every scrape. Nothing is kept in the
 API's processes, so every gunicorn worker answers the same. Aggregate numbers only: no tenant,
 key, file name or job id is ever a label. No torch here: the API imports this module.
 
@@ -25,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from rq import Queue
 
+from .plugin_catalog import plugin_queue
 from .records import Records
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,15 @@ def live_workers(queue: Queue) -> int:
         return sum(1 for alive in pipe.execute() if alive)
 
 
+def plugin_queues(queue: Queue) -> list[Queue]:
+    """The attack plugins' queues RQ has registered (its set of queue keys: names only, no job is read).
+    Their names come from the plugins the workers' operators installed, never from a request."""
+    prefix = f"{Queue.redis_queue_namespace_prefix}{plugin_queue(queue.name, '')}"
+    keys = sorted(k.decode() for k in queue.connection.smembers(Queue.redis_queues_keys))
+    names = [k[len(Queue.redis_queue_namespace_prefix) :] for k in keys if k.startswith(prefix)]
+    return [Queue(name, connection=queue.connection) for name in names]
+
+
 def _live_evaluations(records: Records) -> dict[str, int]:
     """Evaluations queued or running (from the set of unfinished ones; a sharded one's shards,
     internal jobs, are not counted: they show in the queue length)."""
@@ -105,6 +116,14 @@ class RedisCollector(Collector):
         yield evaluations
         yield GaugeMetricFamily("secev_queue_length", "Jobs waiting in the RQ queue (shards included)", value=self.queue.count)
         yield GaugeMetricFamily("secev_workers_live", "Workers on the queue, heartbeating", value=live_workers(self.queue))
+        waiting = GaugeMetricFamily("secev_plugin_queue_length", "Jobs waiting in an attack plugin's queue", labels=["attack"])
+        serving = GaugeMetricFamily("secev_plugin_workers_live", "Workers on an attack plugin's queue", labels=["attack"])
+        for plugin in plugin_queues(self.queue):
+            attack = plugin.name[len(plugin_queue(self.queue.name, "")) :]
+            waiting.add_metric([attack], plugin.count)
+            serving.add_metric([attack], live_workers(plugin))
+        yield waiting
+        yield serving
         jobs = {k.decode(): int(v) for k, v in r.hgetall(key("metrics", "jobs")).items()}
         ended = CounterMetricFamily("secev_worker_jobs", "Jobs workers ran to an end (a shard: one)", labels=["outcome"])
         for outcome in OUTCOMES:

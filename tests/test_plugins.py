@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app import plugin_catalog
 from conftest import ROOT, queue_client, start_worker, stop_process, wait_status
@@ -85,6 +86,12 @@ def plugin_worker(redis_server, appdata, assets, plugin_site, tmp_path):
     stop_process(proc)
 
 
+def scrape(client) -> dict[tuple[str, str | None], float]:
+    """``/metrics`` parsed as Prometheus does: (name, its ``attack`` label or None) -> value."""
+    text = client.get("/metrics").get_data(as_text=True)
+    return {(s.name, s.labels.get("attack")): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def accuracy(client, body) -> list[float]:
     r = client.post("/api/security_evaluations", json=body)
     assert r.status_code == 202, r.get_json()
@@ -131,6 +138,8 @@ def test_example_plugin_through_the_api(settings, plugin_worker, redis_server):
     fgsm_curve = accuracy(client, {**BODY, "attack": "fgsm"})
     assert all(b <= a for a, b in zip(mi_curve, mi_curve[1:])) and mi_curve[-1] < mi_curve[0] - 0.3, mi_curve
     assert all(m <= f for m, f in zip(mi_curve, fgsm_curve)), (mi_curve, fgsm_curve)
+    served = scrape(client)
+    assert served[("secev_plugin_workers_live", "mi-fgsm")] == 1 and served[("secev_plugin_queue_length", "mi-fgsm")] == 0
 
     # The worker stops: its offer is withdrawn, and a request naming the plugin is refused, saying why.
     stop_process(proc)
@@ -169,5 +178,10 @@ def test_plugin_jobs_are_routed_to_its_queue_and_wait_visibly_when_its_workers_v
     plugin_catalog.withdraw(r, "secev", "ghost-worker")
     st = client.get(f"/api/security_evaluations/{job_id}").get_json()
     assert st["job-status"] == "queued" and "no live worker offers the plugin attack 'ghost-attack'" in st["waiting"]
+    # What an operator's alert watches: jobs waiting on a plugin queue that no worker serves.
+    scraped = scrape(client)
+    assert scraped[("secev_plugin_queue_length", "ghost-attack")] == 1 + len(shard_ids)
+    assert scraped[("secev_plugin_workers_live", "ghost-attack")] == 0
+    assert scraped[("secev_queue_length", None)] == 0  # the main queue's own count, as before
     for evaluation in (job_id, parent_id):
         assert client.delete(f"/api/security_evaluations/{evaluation}").status_code == 200
