@@ -15,8 +15,7 @@ those the attack left standing, with ``QUERIES`` forward passes each. What each 
   is, at the epsilon where it is largest, how many more of them FGSM broke than the evaluation did (0 when
   the attack broke at least as many at every epsilon). Compared as counts, not sample by sample: two
   working attacks each break a few samples the other misses (on the test CNN, PGD's 50 steps from a random
-  start missed 1 of 62 samples that FGSM broke, yet left 8% standing at epsilon 0.2 where FGSM left 18%;
-  PGD now tries FGSM's point first, but APGD, FMN and plugins do not);
+  start missed 1 of 62 samples that FGSM broke, yet left 8% standing at epsilon 0.2 where FGSM left 18%);
 - ``falls-towards-chance``: on ``HUGE_PROBE`` of them, the evaluation's own attack at an epsilon as
   large as the input range (L-inf) or the input box's diagonal (L2), where any image can become any
   other; the share of samples correct clean that it leaves standing must not exceed chance (1 / classes);
