@@ -29,9 +29,10 @@ from .exceptions import BackendUnavailableError
 
 FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
 RENDER_TIMEOUT = 60  # seconds a request waits for its plot
-PLOT_VERSION = "1"  # part of the cache key: bump when the drawing changes
+PLOT_VERSION = "2"  # part of the cache key: bump when the drawing changes
 CACHE_DIR = "plots"
 CACHE_FILES = 16  # per job; the oldest go first
+LINESTYLES = {"attack": "-", "undefended": "-.", "baseline": "--"}
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -46,15 +47,19 @@ def draw(spec: dict[str, Any], fmt: str) -> bytes:
     fig = Figure(figsize=(7.2, 4.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    attacks = 0
+    attacks, colour = 0, COLOURS[0]
     for s in spec["series"]:
-        baseline = s["role"] == "baseline"
-        colour = "#7f7f7f" if baseline else COLOURS[attacks % len(COLOURS)]
-        attacks += not baseline
+        role = s["role"]
+        if role == "baseline":
+            colour = "#7f7f7f"
+        elif role == "attack":
+            colour = COLOURS[attacks % len(COLOURS)]
+            attacks += 1
+        # else undefended: the curve just drawn without its defenses, in that curve's colour, dash-dotted
         lo, hi = ([math.nan if v is None else v for v in s[key]] for key in ("lo", "hi"))  # no interval: no band
-        ax.fill_between(s["x"], lo, hi, color=colour, alpha=0.12 if baseline else 0.2, linewidth=0)
+        ax.fill_between(s["x"], lo, hi, color=colour, alpha=0.2 if role == "attack" else 0.1, linewidth=0)
         label = f" {s['label']}" if s["label"].startswith("_") else s["label"]  # a leading '_' would hide it from the legend
-        ax.plot(s["x"], s["y"], marker="o", markersize=3.5, color=colour, linestyle="--" if baseline else "-", label=label)
+        ax.plot(s["x"], s["y"], marker="o", markersize=3.5, color=colour, linestyle=LINESTYLES[role], label=label)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(left=0)
     ax.grid(True, alpha=0.3)

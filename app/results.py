@@ -149,7 +149,8 @@ def x_label(norms: set[str]) -> str:
 
 
 def series(output: dict[str, Any], label: str, role: str = "attack") -> dict[str, Any]:
-    """A curve as the plots draw it: x, accuracy, its 95% band, a label and a role (attack or baseline)."""
+    """A curve as the plots draw it: x, accuracy, its 95% band, a label and a role: attack, undefended
+    (the bare model of the attack series before it) or baseline."""
     table = rows(output)
     return {
         "label": short(label, 2 * MAX_LABEL),

@@ -52,6 +52,8 @@ def test_a_defended_evaluation_shows_both_curves_and_the_adaptive_attack_is_stro
     assert [float(r["undefended-accuracy"]) for r in table] == bare["sec-curve"]["y-values"]
     plot = client.get(f"{BASE}/{job_id}/plot.svg").get_data(as_text=True)
     assert "undefended model" in plot and "bit-depth (bits 3), attacked adaptively" in plot
+    both = client.get(f"/api/plots?jobs={job_id}&format=svg").get_data(as_text=True)  # the combined plot draws it too
+    assert f"{job_id[:8]}, defended" in both and f"{job_id[:8]}, undefended model" in both
     html = client.get(f"{BASE}/{job_id}/report").get_data(as_text=True)
     assert "These numbers are the defended model" in html and "Without the defenses" in html
     assert "<th>accuracy</th><th>undefended accuracy</th>" in html  # the report's table has both, row by row

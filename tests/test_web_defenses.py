@@ -1,7 +1,8 @@
 """Defended evaluations in the web UI (issue 12), in a real headless Chromium against real gunicorn, Redis and
 a worker: the form's Defenses rows (added, removed, capped at the listing's max-defenses, their order the
 request's), an API error next to the row's field that caused it, and the evaluation page's two curves, its
-defense facts and the per-epsilon table's undefended column, checked against the API's own output."""
+defense facts and the per-epsilon table's undefended column, checked against the API's own output; then the
+list row naming the defenses and the compare page with both curves."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def test_defended_evaluation_from_the_form_shows_both_curves_the_defenses_and_th
     assert len(series[1].get_attribute("points").split()) == len(bare["x-values"]) == len(output["sec-curve"]["x-values"])
     legend = [e.text for e in css(d, "#curve ul.legend li")]
     assert legend == ["fgsm linf, defended: " + " then ".join(stages), "undefended"]
+    assert_dashed_pair(d, "#curve")
 
     # The facts: the stages in order with their parameters, adaptive, and the bare model's headline.
     assert [e.text for e in css(d, "#headline ol.stages li")] == stages
@@ -119,3 +121,32 @@ def test_defended_evaluation_from_the_form_shows_both_curves_the_defenses_and_th
     wait_for(lambda: css(d, "#report")[0].is_displayed(), 60, "the report")
     screenshot(d, "evaluation-defended")
     assert console_errors(d) == []
+
+    # The list says the evaluation was defended, and with what.
+    d.get(server.url + "/")
+    line = wait_for(lambda: css(d, f"tr[data-job='{job_id}']"), 30, "the list row")[0].text
+    assert "defended: bit-depth (bits 4) then spatial-smoothing (window 3)" in line
+
+    # Compare: the defended curve and, dashed in its colour, the undefended one; the table names the defenses.
+    d.get(f"{server.url}/compare?jobs={job_id}")
+    wait_for(lambda: len(css(d, "#compare-curve svg polyline.series")) == 2, 30, "two curves on the compare page")
+    assert_dashed_pair(d, "#compare-curve")
+    assert [e.text for e in css(d, "#compare-curve ul.legend li")][1].endswith(", undefended")
+    head = [e.text for e in css(d, "#compare-rows thead th")]
+    cells = dict(zip(head, [c.text for c in css(d, "#compare-rows tbody tr td")]))
+    assert cells["defenses"] == " then ".join(stages)
+    assert cells["undefended at the largest epsilon"] == f"{bare['y-values'][-1] * 100:.1f}% at 0.2"
+    assert cells["accuracy at the largest epsilon"] == f"{output['sec-curve']['y-values'][-1] * 100:.1f}% at 0.2"
+    screenshot(d, "compare-defended")
+    assert console_errors(d) == []
+
+
+def assert_dashed_pair(d, where: str) -> None:
+    """The second curve (undefended) is dashed in the first's colour, and its legend key is a dashed stroke."""
+    defended, undefended = css(d, f"{where} svg polyline.series")
+    assert defended.get_attribute("stroke") == undefended.get_attribute("stroke")
+    assert not defended.get_attribute("stroke-dasharray") and undefended.get_attribute("stroke-dasharray")
+    keys = css(d, f"{where} ul.legend li .swatch")
+    assert keys[0].tag_name == "span" and keys[1].tag_name == "svg"
+    assert keys[1].find_element("css selector", "line").get_attribute("stroke-dasharray") == undefended.get_attribute(
+        "stroke-dasharray")

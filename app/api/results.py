@@ -81,7 +81,7 @@ def job_spec(job_id: str, rec: dict[str, Any], output: dict[str, Any]) -> tuple[
     defended = ", defended" if bare is not None else ""
     series = [results.series(output, f"{results.attack_label(output)} accuracy{defended}")]
     if bare is not None:
-        series.append(results.series(bare, f"{results.attack_label(output)} accuracy, undefended model"))
+        series.append(results.series(bare, f"{results.attack_label(output)} accuracy, undefended model", role="undefended"))
     norms = {(output.get("attack") or {}).get("norm", "?")}
     base = baseline_of(job_id, output)
     if base is not None:
@@ -169,7 +169,11 @@ def compare():
         label = names(rec, output)
         norms.add((output.get("attack") or {}).get("norm", "?"))
         role = "baseline" if output.get("perturbation-type") == "random" else "attack"
-        series.append(results.series(output, f"{label['model']} \u00b7 {results.attack_label(output)} \u00b7 {job_id[:8]}", role))
+        bare = results.undefended(output)
+        name = f"{label['model']} \u00b7 {results.attack_label(output)} \u00b7 {job_id[:8]}"
+        series.append(results.series(output, name + (", defended" if bare is not None else ""), role))
+        if bare is not None:  # beside it, in its colour: the same attack on the same samples without the defenses
+            series.append(results.series(bare, f"{name}, undefended model", "undefended"))
     spec = {"title": f"{len(ids)} evaluation{'s' if len(ids) > 1 else ''} compared", "xlabel": results.x_label(norms),
             "series": series}
     return image(plots.render(spec, fmt), fmt, "secev-comparison")

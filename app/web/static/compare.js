@@ -1,8 +1,10 @@
 // Several finished evaluations on one plot and in one table (?jobs=<id>,<id>); with none given, a
-// picker of the finished ones. The combined PNG comes from GET /api/plots?jobs=….
+// picker of the finished ones. A defended evaluation also shows its undefended curve, dashed in its
+// colour. The combined PNG comes from GET /api/plots?jobs=….
 
 import { ApiError, api, download, el, fileLabel, fileNames, missingEndpoint, pct, say } from "./common.js";
-import { COLORS, chart, seriesOf, thumbnail } from "./curve.js";
+import { COLORS, UNDEFENDED_DASH, chart, seriesOf, swatch, thumbnail, undefendedOf } from "./curve.js";
+import { defensesLabel } from "./defenses.js";
 
 const MAX_JOBS = 10;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -44,19 +46,28 @@ async function compare(ids, names) {
   }
   if (!loaded.length) return;
   document.getElementById("comparison").hidden = false;
-  const series = loaded.map(({ view, output }, i) => ({ ...seriesOf(output, label(view, names)), color: COLORS[i % COLORS.length] }));
+  const series = loaded.flatMap(({ view, output }, i) => {
+    const color = COLORS[i % COLORS.length];
+    const bare = undefendedOf(output);
+    if (!bare) return [{ ...seriesOf(output, label(view, names)), color }];
+    return [{ ...seriesOf(output, `${label(view, names)}, defended`), color },
+      { ...seriesOf(bare, `${label(view, names)}, undefended`), color, dash: UNDEFENDED_DASH }];
+  });
   document.getElementById("compare-curve").replaceChildren(chart(series));
-  const head = ["", "evaluation", "model", "dataset", "attack", "clean accuracy", "accuracy at the largest epsilon", "sec-value", "reliable"];
+  const head = ["", "evaluation", "model", "dataset", "attack", "defenses", "clean accuracy", "accuracy at the largest epsilon",
+    "undefended at the largest epsilon", "sec-value", "reliable"];
+  const last = (curve) => {
+    const xs = curve?.["x-values"] || [];
+    return xs.length ? `${pct(curve["y-values"][xs.length - 1])} at ${xs[xs.length - 1]}` : "–";
+  };
   const rows = loaded.map(({ view, output }, i) => {
     const req = view.request || {};
-    const ys = output["sec-curve"]?.["y-values"] || [];
-    const xs = output["sec-curve"]?.["x-values"] || [];
-    const swatch = el("span", { class: "swatch" });
-    swatch.style.background = COLORS[i % COLORS.length];
-    return [swatch,
+    const bare = undefendedOf(output);
+    return [swatch(COLORS[i % COLORS.length]),
       el("a", { href: `/evaluations/${view.job_id}` }, view.job_id.slice(0, 8)),
       fileLabel(names, req["trained-model"]), fileLabel(names, req.dataset), `${req.attack} ${req.norm}`,
-      pct(output["clean-accuracy"]), xs.length ? `${pct(ys[ys.length - 1])} at ${xs[xs.length - 1]}` : "–",
+      bare ? defensesLabel(output.defenses) : "none",
+      pct(output["clean-accuracy"]), last(output["sec-curve"]), bare ? last(bare["sec-curve"]) : "–",
       `${(output["sec-value"] ?? 0).toFixed(3)} (${output["sec-level"] || ""})`,
       typeof output.reliable === "boolean" ? (output.reliable ? "yes" : "no") : "–"];
   });

@@ -3,6 +3,8 @@
 // Built with createElementNS and text nodes only: nothing a user typed is ever parsed as markup.
 
 const NS = "http://www.w3.org/2000/svg";
+// A defended evaluation's undefended curve: its own colour, dashed (as the PNG and SVG plots draw it).
+export const UNDEFENDED_DASH = "6 4";
 export const COLORS = ["#1f6feb", "#d1242f", "#1a7f37", "#8250df", "#bf8700", "#0a7ea4", "#cf222e", "#57606a"];
 
 function svg(tag, attrs = {}, text) {
@@ -84,15 +86,25 @@ export function chart(series, { width = 640, height = 340, xLabel = "epsilon (fr
   legend.className = "legend";
   usable.forEach((s, i) => {
     const item = document.createElement("li");
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = s.color || COLORS[i % COLORS.length];
-    item.append(swatch, document.createTextNode(s.label));
+    item.append(swatch(s.color || COLORS[i % COLORS.length], s.dash), document.createTextNode(s.label));
     legend.append(item);
   });
   const box = document.createElement("figure");
   box.append(root, legend);
   return box;
+}
+
+/** A legend key: a filled square, or, for a dashed series, a short stroke with the same dash. */
+export function swatch(color, dash) {
+  if (!dash) {
+    const square = document.createElement("span");
+    square.className = "swatch";
+    square.style.background = color;
+    return square;
+  }
+  const key = svg("svg", { class: "swatch line", width: 28, height: 10, viewBox: "0 0 28 10", "aria-hidden": "true" });
+  key.append(svg("line", { x1: 1, x2: 27, y1: 5, y2: 5, stroke: color, "stroke-width": 2, "stroke-dasharray": dash }));
+  return key;
 }
 
 /** One chart series from an evaluation's output, with the Wilson band when the output has figures. */
@@ -107,4 +119,12 @@ export function seriesOf(output, label) {
     lo: band ? rows.map((r) => r["accuracy-ci95"][0]) : null,
     hi: band ? rows.map((r) => r["accuracy-ci95"][1]) : null,
   };
+}
+
+/** The output's undefended sweep (a defended evaluation's only), with its accuracy by epsilon; else null. */
+export function undefendedOf(output) {
+  const bare = output.undefended;
+  const curve = bare && typeof bare === "object" ? bare["sec-curve"] : null;
+  if (!curve || !Array.isArray(curve["x-values"]) || !Array.isArray(curve["y-values"])) return null;
+  return { ...bare, accuracy: new Map(curve["x-values"].map((x, i) => [x, curve["y-values"][i]])) };
 }

@@ -3,14 +3,13 @@
 // CSV, PNG, SVG), the report (fetched with the key and shown in a sandboxed srcdoc iframe) and a delete button.
 
 import { ApiError, api, badge, download, el, fileLabel, fileNames, fmtTime, missingEndpoint, pct, progressOf, say } from "./common.js";
-import { chart, seriesOf } from "./curve.js";
+import { COLORS, UNDEFENDED_DASH, chart, seriesOf, undefendedOf } from "./curve.js";
 import { defensesLabel, stageLabel } from "./defenses.js";
 
 const jobId = document.getElementById("main").dataset.job;
 const base = `/api/security_evaluations/${encodeURIComponent(jobId)}`;
 const message = document.getElementById("job-message");
 const POLL_MS = 1000;
-const UNDEFENDED = "#57606a";
 const DOWNLOADS = {
   json: [`${base}/output`, "evaluation.json"],
   csv: [`${base}/output/csv`, "evaluation.csv"],
@@ -66,7 +65,7 @@ function showResult(output) {
   if (bare) showDefenses(headline, output, bare);
   document.getElementById("curve").replaceChildren(chart(bare
     ? [seriesOf(output, `${attack}, defended: ${defensesLabel(output.defenses)}`),
-      { ...seriesOf(bare, "undefended"), color: UNDEFENDED, dash: "6 4" }]
+      { ...seriesOf(bare, "undefended"), color: COLORS[0], dash: UNDEFENDED_DASH }]
     : [seriesOf(output, attack)]));
   const checks = document.getElementById("checks");
   checks.replaceChildren();
@@ -90,14 +89,6 @@ function showResult(output) {
     perEps.replaceChildren(el("h3", {}, "Curve"), table(extra(["epsilon", "accuracy"], "undefended"),
       (curve["x-values"] || []).map((x, i) => extra([String(x), pct(curve["y-values"][i])], bareAt(x)))));
   }
-}
-
-/** The output's undefended sweep (a defended evaluation's only), with its accuracy by epsilon; else null. */
-function undefendedOf(output) {
-  const bare = output.undefended;
-  const curve = bare && typeof bare === "object" ? bare["sec-curve"] : null;
-  if (!curve || !Array.isArray(curve["x-values"]) || !Array.isArray(curve["y-values"])) return null;
-  return { ...bare, accuracy: new Map(curve["x-values"].map((x, i) => [x, curve["y-values"][i]])) };
 }
 
 /** The headline of a defended evaluation: its stages with their parameters, how it was attacked, and

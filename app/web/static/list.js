@@ -4,6 +4,7 @@
 
 import { ApiError, api, badge, el, fileLabel, fileNames, fmtTime, missingEndpoint, progressOf, say } from "./common.js";
 import { thumbnail } from "./curve.js";
+import { defensesLabel } from "./defenses.js";
 
 const PAGE = 200;
 const MAX_ROWS = 2000;  // pages followed at most; beyond, the oldest are not shown
@@ -19,7 +20,8 @@ let names = {};
 function requestLabel(req) {
   const eps = (req["perturbation-values"] || []).filter((v) => v > 0);
   const budget = eps.length ? ` ≤ ${Math.max(...eps)}` : "";
-  return `${req.attack || ""} ${req.norm || ""}${budget} · ${req["evaluation-mode"] || ""}`;
+  const defended = Array.isArray(req.defenses) && req.defenses.length ? ` · defended: ${defensesLabel(req.defenses)}` : "";
+  return `${req.attack || ""} ${req.norm || ""}${budget} · ${req["evaluation-mode"] || ""}${defended}`;
 }
 
 function cells(view) {
