@@ -92,14 +92,6 @@ def now() -> float:
     return round(time.time(), 3)
 
 
-def _owner_and_status(raw: Any) -> tuple[str | None, str | None]:
-    """(owner, status) from an evaluation's ``HMGET owner status`` or a file's JSON (no status)."""
-    if isinstance(raw, list):
-        owner, status = raw
-        return (owner.decode() if owner else None), (status.decode() if status else None)
-    return (json.loads(raw).get("owner", "public") if raw else None), None
-
-
 class Claim(NamedTuple):
     """One attempt at running an evaluation: its number and its fencing token."""
 
@@ -239,34 +231,6 @@ class Records:
         more = not exhausted and cursor is not None and bool(walk(self.redis, index, cursor, 1))
         records = [rec for rec in self.evaluations(matched) if rec["job-status"] == status]
         return records, (cursor if more else None)
-
-    def index_legacy(self, batch: int = 500) -> int:
-        """Move records stored before the per-tenant indexes (listed in the global ``evaluations``,
-        ``models`` and ``datasets`` zsets) into their owners' indexes and active sets, emptying
-        the global zsets; returns how many entries it took. Idempotent, and safe in several workers at once."""
-        moved = 0
-        for what, kind in (("evaluations", "evaluation"), ("models", "model"), ("datasets", "dataset")):
-            old = self.key(what)
-            while entries := [(m.decode(), score) for m, score in self.redis.zrange(old, 0, batch - 1, withscores=True)]:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for member, _ in entries:
-                        if kind == "evaluation":
-                            pipe.hmget(self.key(kind, member), "owner", "status")
-                        else:
-                            pipe.get(self.key(kind, member))
-                    raws = pipe.execute()
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for (member, score), raw in zip(entries, raws):
-                        owner, status = _owner_and_status(raw)
-                        if owner is None:
-                            continue  # deleted meanwhile
-                        pipe.zadd(self.owner_index(what, owner), {member: score})
-                        if status is not None and status not in TERMINAL:
-                            pipe.sadd(self.key("active", "by-owner", owner), member)
-                    pipe.zrem(old, *[member for member, _ in entries])
-                    pipe.execute()
-                moved += len(entries)
-        return moved
 
     def set_status(
         self,

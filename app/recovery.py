@@ -20,8 +20,8 @@ import threading
 
 from rq import Queue
 
+from . import migration, shards
 from . import queue as jobqueue
-from . import shards
 from .records import Records, now
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Recovery(threading.Thread):
         while not self.stopped.wait(self.interval):
             try:
                 if not indexed:  # records from before the per-tenant indexes, once per worker start
-                    self.records.index_legacy()
+                    migration.index_legacy(self.records)
                     indexed = True
                 sweep_once(self.records, self.queue, self.timeout)
             except Exception as exc:  # Redis away: try again next tick

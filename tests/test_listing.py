@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 
+from app.migration import index_legacy
 from app.records import Records
 
 REQUEST = {"trained-model": "files/cnn.onnx", "dataset": "files/val.h5", "attack": "pgd"}
@@ -238,11 +239,11 @@ def test_records_from_before_the_per_tenant_indexes_are_moved_into_them(client, 
     conn.zadd("secev:models", {old_model: 2.0})
     conn.zadd("secev:evaluations", {str(uuid.uuid4()): 3.0})  # its record is gone
     assert client.get("/api/security_evaluations").get_json()["count"] == 0
-    assert Records(conn).index_legacy() == 4
+    assert index_legacy(Records(conn)) == 4
     assert [e["job_id"] for e in client.get("/api/security_evaluations").get_json()["evaluations"]] == [old_job, old_done]
     assert [m["id"] for m in client.get("/api/models").get_json()["models"]] == [old_model]
     assert conn.smembers("secev:active:by-owner:public") == {old_job.encode()}
-    assert not conn.exists("secev:evaluations", "secev:models") and Records(conn).index_legacy() == 0
+    assert not conn.exists("secev:evaluations", "secev:models") and index_legacy(Records(conn)) == 0
 
 
 def test_python_client_follows_the_pages(own_redis, appdata, conn):
