@@ -210,6 +210,8 @@ class Attack:
                 partial(self._attack_epsilon, model, source, float(epsilons[k]), bounds, state, hooks, device, k, p, total)
             )
             state.next_k = p + 1
+            # A pass with no candidates reports nothing from its loop: say where the sweep now stands.
+            hooks.progress((p + 1 + self.prepare_weight) * n, total)
             hooks.after_epsilon(k, state)
             if hooks.should_stop():  # after the checkpoint: the pass just finished is never redone
                 raise StopRequested
