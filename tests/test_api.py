@@ -120,6 +120,8 @@ def test_submit_answers_202_with_absolute_location(client, assets):
     assert st["progress"] == {"done": 0, "total": 0} and st["created_at"] > 0
     r = client.get(f"/api/security_evaluations/{job_id}/output")
     assert r.status_code == 303 and r.headers["Location"].endswith(f"/api/security_evaluations/{job_id}")
+    assert r.mimetype == "application/json" and r.get_json()["job-status"] == "queued"  # JSON, not a redirect page
+    assert r.get_json()["status"] == r.headers["Location"] and "not finished" in r.get_json()["message"]
     listed = client.get("/api/security_evaluations?status=queued").get_json()
     assert [e["job_id"] for e in listed["evaluations"]] == [job_id]
     assert client.get("/api/security_evaluations?status=finished").get_json()["count"] == 0

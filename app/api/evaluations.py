@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, jsonify, redirect, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 
 from .. import auth, plugin_catalog, schemas, shards, validation
 from .. import queue as jobqueue
@@ -202,8 +202,11 @@ def get_one(job_id: str):
 @bp.get("/<job_id>/output")
 def output(job_id: str):
     rec = owned_evaluation(job_id)
-    if rec["job-status"] != "finished":
-        return redirect(url_for("evaluations.get_one", job_id=job_id, _external=True), code=303)
+    if rec["job-status"] != "finished":  # a JSON body too: every answer of the API is JSON
+        status_url = url_for("evaluations.get_one", job_id=job_id, _external=True)
+        body = {"job_id": job_id, "job-status": rec["job-status"], "status": status_url,
+                "message": f"evaluation {job_id} is {rec['job-status']}, not finished: its output is not there yet"}
+        return jsonify(body), 303, {"Location": status_url}
     result = get_records().result(job_id)
     if result is None:
         raise NotFoundError("the evaluation finished but its output is missing")

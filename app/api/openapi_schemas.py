@@ -108,8 +108,26 @@ def document_response(description: str, *mimes: str, headers: tuple[str, ...] = 
     return {"200": out}
 
 
+SEE_OTHER = {
+    "type": "object",
+    "required": ["job_id", "job-status", "status", "message"],
+    "properties": {
+        "job_id": {"type": "string"},
+        "job-status": {"type": "string", "enum": ["queued", "started", "failed", "canceled"]},
+        "status": {**URL, "description": "the evaluation's status (also the Location header)"},
+        "message": {"type": "string"},
+    },
+}
+
+
 def see_other(description: str) -> dict[str, Any]:
-    return {"303": {"description": description, "headers": {"Location": {"$ref": "#/components/headers/Location"}}}}
+    return {
+        "303": {
+            "description": description,
+            "headers": {"Location": {"$ref": "#/components/headers/Location"}},
+            "content": {"application/json": {"schema": SEE_OTHER}},
+        }
+    }
 
 
 # -- Records ---------------------------------------------------------------------
