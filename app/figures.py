@@ -29,7 +29,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # At 0 or n successes the bound is exactly 0 or 1; the formula leaves rounding (8.7e-19) there.
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return [low, high]
 
 
 def _mean(values: np.ndarray) -> float | None:

@@ -46,6 +46,9 @@ def test_wilson_interval_matches_published_values():
     assert wilson(0, 20) == pytest.approx([0.0, 0.1611], abs=1e-4)
     assert wilson(8, 10) == pytest.approx([0.4902, 0.9433], abs=1e-4)
     assert wilson(3, 0) is None
+    # No successes (or all): the bound is exactly 0 (or 1), not the formula's rounding (3.5e-18 at n=100).
+    assert [wilson(0, n)[0] for n in (20, 100, 117, 1000)] == [0.0] * 4
+    assert [wilson(n, n)[1] for n in (20, 100, 117, 1000)] == [1.0] * 4
 
 
 @pytest.mark.parametrize("attack", ["pgd", "fmn"])
