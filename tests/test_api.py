@@ -82,6 +82,24 @@ def test_upload_without_file_field(client):
     assert r.status_code == 400 and r.get_json()["details"]["field"] == "file"
 
 
+def test_upload_with_other_parts_is_refused_naming_them(client, assets):
+    """Parts the service would drop (a second file, a stray field) are a 400, and nothing is stored."""
+    def send(kind, **parts):
+        return client.post(f"/api/{kind}", data=parts, content_type="multipart/form-data")
+
+    def part(path):
+        return (io.BytesIO(path.read_bytes()), path.name)
+
+    two = send("models", file=[part(assets.model), part(assets.model)])
+    assert two.status_code == 400 and two.get_json()["error"] == "one model per upload: 2 parts are named 'file'"
+    stray = send("datasets", file=part(assets.dataset), name="my data")
+    assert stray.status_code == 400 and stray.get_json()["details"] == {"field": "name", "allowed": ["file"]}
+    assert "a dataset upload takes only 'file'" in stray.get_json()["error"]
+    data_on_dataset = send("datasets", file=part(assets.dataset), **{"external-data": part(assets.model)})
+    assert data_on_dataset.status_code == 400 and "only for models" in data_on_dataset.get_json()["error"]
+    assert client.get("/api/models").get_json()["models"] == [] and client.get("/api/datasets").get_json()["datasets"] == []
+
+
 @pytest.mark.parametrize(
     "mutate,expect",
     [

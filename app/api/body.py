@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 
 from ..exceptions import ValidationError
 from ..extensions import get_settings
@@ -35,6 +35,14 @@ def too_large() -> dict[str, Any]:
     """The JSON error for a 413, naming the limit that applies to this endpoint."""
     if request.endpoint in UPLOAD_ENDPOINTS:
         limit_mb = get_settings().max_upload_mb
+        sent = request.content_length
+        if sent is not None and sent <= limit_mb * 1024 * 1024:  # not the file: the form around it
+            parts, text = current_app.config["MAX_FORM_PARTS"], current_app.config["MAX_FORM_MEMORY_SIZE"]
+            return {
+                "error": f"upload refused: at most {parts} multipart parts, and no text part over {text // 1024} KiB; "
+                "send the file as the one part 'file'",
+                "details": {"max-parts": parts, "max-text-part-bytes": text},
+            }
         return {
             "error": f"upload too large: a file of at most {limit_mb} MB, sent as the one multipart part 'file'",
             "details": {"limit-mb": limit_mb},

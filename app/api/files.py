@@ -75,6 +75,7 @@ def _store(kind: str, upload: Any, suffix: str, data: list[Any]) -> tuple[dict[s
 
 def _upload(kind: str):
     suffixes = KINDS[kind][0] + ((".zip",) if kind == "model" else ())
+    _refuse_other_parts(kind)
     upload = request.files.get("file")
     # A browser sends an unselected file input as a part without a file name: not a data file.
     data = [f for f in request.files.getlist("external-data") if f.filename]
@@ -116,6 +117,23 @@ def _upload(kind: str):
     response.status_code = 201 if ready else 202
     response.headers["Location"] = url_for("files.get_one", kind=f"{kind}s", file_id=meta["id"], _external=True)
     return response
+
+
+def _refuse_other_parts(kind: str) -> None:
+    """An upload is the one part ``file`` (and a model's ``external-data`` parts): anything else was
+    meant for something, and silently dropping it, or keeping one of two files, would hide that."""
+    allowed = ("file", "external-data") if kind == "model" else ("file",)
+    # A dataset's external-data has its own message ("only for models"), given by the caller.
+    unknown = [name for name in (*request.form.keys(), *request.files.keys()) if name not in ("file", "external-data")]
+    if unknown:
+        listed = " and ".join(repr(n) for n in allowed)
+        raise ValidationError(
+            f"unknown multipart field {safe_name(unknown[0])[:60]!r}: a {kind} upload takes only {listed}",
+            details={"field": safe_name(unknown[0])[:60], "allowed": list(allowed)},
+        )
+    files = request.files.getlist("file")
+    if len(files) > 1:
+        raise ValidationError(f"one {kind} per upload: {len(files)} parts are named 'file'", details={"field": "file"})
 
 
 def _kind(kinds: str) -> str:
