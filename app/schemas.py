@@ -164,8 +164,10 @@ def _field(body: dict[str, Any], name: str) -> Any:
 
 
 def _string(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise _fail(field, "required: an uploaded id or a file name inside the data directory")
+    if not isinstance(value, str):
+        raise _fail(field, f"must be a string (an uploaded id or a file name inside the data directory), got {_show(value)}")
     if len(value) > MAX_REFERENCE_CHARS:
         raise _fail(field, f"too long (at most {MAX_REFERENCE_CHARS} characters)")
     if not value.isprintable() or any(0xD800 <= ord(c) <= 0xDFFF for c in value):

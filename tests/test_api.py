@@ -181,6 +181,8 @@ def test_submit_by_uploaded_ids(client, assets):
         ({"perturbation-type": "random", "attack": "pgd"}, "attack", "takes no attack"),
         ({"task": "detection"}, "task", "must be one of"),
         ({"performance-metric": "f1"}, "performance-metric", "must be one of"),
+        ({"trained-model": 123}, "trained-model", "must be a string (an uploaded id or a file name"),
+        ({"dataset": ""}, "dataset", "required"),
     ],
 )
 def test_submit_validation_errors_name_the_field(client, assets, fields, field, text):
