@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 # Imported once here so every forked work-horse starts warm; none of these initializes CUDA.
 import torch  # noqa: F401
 from rq import Worker
@@ -46,9 +48,21 @@ def warm_up() -> None:
 
 
 def main(*, burst: bool = False, name: str | None = None) -> int:
-    warm_up()
     settings = Config.from_env()
     connection = connect(settings, socket_timeout=None)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:  # said in one line, without the password a REDIS_URL may hold
+        where = connection.connection_pool.connection_kwargs
+        log.error(
+            "cannot reach Redis at %s:%s (db %s): %s; start Redis or set REDIS_URL",
+            where.get("host", where.get("path", "?")),
+            where.get("port", ""),
+            where.get("db", 0),
+            exc,
+        )
+        return 1
+    warm_up()
     records = Records(connection, settings.key_prefix)
     queue = jobqueue.get_queue(connection, settings.queue_name)
     # Loaded before the work-horses fork, so each inherits them; a job naming a plugin waits in that

@@ -284,6 +284,18 @@ def test_compose_services_run_outside_docker_and_metrics_count_a_real_job(assets
         shutil.rmtree(blocker, ignore_errors=True)
 
 
+def test_a_worker_started_without_redis_says_so_in_one_line_and_exits_1(tmp_path):
+    """A worker started before its Redis (or with a wrong REDIS_URL) exits at once, naming where it looked,
+    without a traceback and without the URL's password; a supervisor or compose restarts it."""
+    port = free_port()  # nothing listens there
+    env = {**os.environ, "REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/3", "APPDATA": str(tmp_path)}
+    done = subprocess.run([sys.executable, "worker.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    said = done.stderr.strip().splitlines()
+    assert len(said) == 1 and f"cannot reach Redis at 127.0.0.1:{port} (db 3)" in said[0], said
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+
+
 def test_metrics_are_aggregates_open_by_default_and_never_name_tenants_files_or_jobs(settings, assets):
     from app import create_app
 
