@@ -97,6 +97,11 @@ def test_upload_with_other_parts_is_refused_naming_them(client, assets):
     assert "a dataset upload takes only 'file'" in stray.get_json()["error"]
     data_on_dataset = send("datasets", file=part(assets.dataset), **{"external-data": part(assets.model)})
     assert data_on_dataset.status_code == 400 and "only for models" in data_on_dataset.get_json()["error"]
+    nameless = client.post(  # found by the fuzzer: a part with no name was a 500
+        "/api/models", data=b"--XX\r\nContent-Disposition: form-data\r\n\r\nvalue\r\n--XX--\r\n",
+        content_type="multipart/form-data; boundary=XX",
+    )
+    assert nameless.status_code == 400 and nameless.get_json()["details"]["field"] == "(a part without a name)"
     assert client.get("/api/models").get_json()["models"] == [] and client.get("/api/datasets").get_json()["datasets"] == []
 
 

@@ -127,9 +127,10 @@ def _refuse_other_parts(kind: str) -> None:
     unknown = [name for name in (*request.form.keys(), *request.files.keys()) if name not in ("file", "external-data")]
     if unknown:
         listed = " and ".join(repr(n) for n in allowed)
+        name = safe_name(unknown[0])[:60] if unknown[0] else "(a part without a name)"
         raise ValidationError(
-            f"unknown multipart field {safe_name(unknown[0])[:60]!r}: a {kind} upload takes only {listed}",
-            details={"field": safe_name(unknown[0])[:60], "allowed": list(allowed)},
+            f"unknown multipart field {name!r}: a {kind} upload takes only {listed}",
+            details={"field": name, "allowed": list(allowed)},
         )
     files = request.files.getlist("file")
     if len(files) > 1:

@@ -41,8 +41,8 @@ class Checkpoint:
 
     Each attempt (``tag``) writes its own ``delta.<tag>.npy`` and ``anchor.<tag>.npy`` (a resumed
     attempt copies the checkpoint's) and its own temporary checkpoint, renamed over ``checkpoint.npz``
-    only if ``owns()`` still says so right before: a stale attempt never touches the files of
-    the attempt that replaced it.
+    only if ``owns()`` still says so right before (it is asked before the write as well): a stale
+    attempt never touches the files of the attempt that replaced it.
     """
 
     def __init__(self, work_dir: Path, request: dict[str, Any], tag: str = "local", owns: Callable[[], bool] = always) -> None:
@@ -89,6 +89,10 @@ class Checkpoint:
         return SweepState.empty(n, shape, n_eps, delta=RowFile.create(self.delta_path, n, shape)), False
 
     def save(self, state: SweepState) -> None:
+        # Asked before writing too: a work-horse woken after a takeover (SIGSTOP, a long GC pause) would
+        # otherwise still write its temporary checkpoint, only to delete it at the check below.
+        if not self.owns():
+            raise StopRequested
         extra: dict[str, Any] = {}
         if isinstance(state.delta, RowFile):
             state.delta.flush()
