@@ -148,6 +148,15 @@ def x_label(norms: set[str]) -> str:
     return "epsilon (fraction of the input range; norms differ, see the legend)"
 
 
+def curves(output: dict[str, Any], name: str, role: str = "attack") -> list[dict[str, Any]]:
+    """The output's curve labelled ``name``; for a defended evaluation, ``name, defended`` and, after it,
+    the same attack on the same samples without the defenses (``name, undefended model``)."""
+    bare = undefended(output)
+    if bare is None:
+        return [series(output, name, role)]
+    return [series(output, f"{name}, defended", role), series(bare, f"{name}, undefended model", "undefended")]
+
+
 def series(output: dict[str, Any], label: str, role: str = "attack") -> dict[str, Any]:
     """A curve as the plots draw it: x, accuracy, its 95% band, a label and a role: attack, undefended
     (the bare model of the attack series before it) or baseline."""

@@ -119,12 +119,15 @@ def _upload(kind: str):
     return response
 
 
+UPLOAD_PARTS = ("file", "external-data")
+
+
 def _refuse_other_parts(kind: str) -> None:
     """An upload is the one part ``file`` (and a model's ``external-data`` parts): anything else was
     meant for something, and silently dropping it, or keeping one of two files, would hide that."""
-    allowed = ("file", "external-data") if kind == "model" else ("file",)
+    allowed = UPLOAD_PARTS if kind == "model" else UPLOAD_PARTS[:1]
     # A dataset's external-data has its own message ("only for models"), given by the caller.
-    unknown = [name for name in (*request.form.keys(), *request.files.keys()) if name not in ("file", "external-data")]
+    unknown = [name for name in (*request.form.keys(), *request.files.keys()) if name not in UPLOAD_PARTS]
     if unknown:
         listed = " and ".join(repr(n) for n in allowed)
         name = safe_name(unknown[0])[:60] if unknown[0] else "(a part without a name)"

@@ -113,7 +113,7 @@ SEE_OTHER = {
     "required": ["job_id", "job-status", "status", "message"],
     "properties": {
         "job_id": {"type": "string"},
-        "job-status": {"type": "string", "enum": ["queued", "started", "failed", "canceled"]},
+        "job-status": {"type": "string", "enum": [st for st in STATUSES if st != "finished"]},
         "status": {**URL, "description": "the evaluation's status (also the Location header)"},
         "message": {"type": "string"},
     },

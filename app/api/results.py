@@ -77,19 +77,15 @@ def baseline_of(job_id: str, output: dict[str, Any]) -> tuple[dict[str, Any], di
 def job_spec(job_id: str, rec: dict[str, Any], output: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """What one evaluation's plot shows (title, axis, its curve and the baseline's), and the baseline's record."""
     label = names(rec, output)
-    bare = results.undefended(output)
-    defended = ", defended" if bare is not None else ""
-    series = [results.series(output, f"{results.attack_label(output)} accuracy{defended}")]
-    if bare is not None:
-        series.append(results.series(bare, f"{results.attack_label(output)} accuracy, undefended model", role="undefended"))
+    series = results.curves(output, f"{results.attack_label(output)} accuracy")
     norms = {(output.get("attack") or {}).get("norm", "?")}
     base = baseline_of(job_id, output)
     if base is not None:
         series.append(results.series(base[1], f"{results.attack_label(base[1])} baseline", role="baseline"))
         norms.add((base[1].get("attack") or {}).get("norm", "?"))
     title = f"{label['model']} on {label['dataset']}: {results.attack_label(output)}, {output.get('n-samples', '?')} samples"
-    if bare is not None:
-        title += f"\nwith {results.defense_label(output)}"
+    if defenses := results.defense_label(output):
+        title += f"\nwith {defenses}"
     return {"title": title, "xlabel": results.x_label(norms), "series": series}, (base[0] if base else None)
 
 
@@ -169,11 +165,7 @@ def compare():
         label = names(rec, output)
         norms.add((output.get("attack") or {}).get("norm", "?"))
         role = "baseline" if output.get("perturbation-type") == "random" else "attack"
-        bare = results.undefended(output)
-        name = f"{label['model']} \u00b7 {results.attack_label(output)} \u00b7 {job_id[:8]}"
-        series.append(results.series(output, name + (", defended" if bare is not None else ""), role))
-        if bare is not None:  # beside it, in its colour: the same attack on the same samples without the defenses
-            series.append(results.series(bare, f"{name}, undefended model", "undefended"))
+        series += results.curves(output, f"{label['model']} \u00b7 {results.attack_label(output)} \u00b7 {job_id[:8]}", role)
     spec = {"title": f"{len(ids)} evaluation{'s' if len(ids) > 1 else ''} compared", "xlabel": results.x_label(norms),
             "series": series}
     return image(plots.render(spec, fmt), fmt, "secev-comparison")
